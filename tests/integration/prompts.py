@@ -1,0 +1,35 @@
+"""API-format prompt builders shared by the integration tests."""
+from __future__ import annotations
+
+
+def ksampler_prompt(model_name: str, digit: str = "3", batch: int = 2, cfg: float = 2.5, steps: int = 12,
+                    sampler: str = "euler", scheduler: str = "simple", seed: int = 0,
+                    prefix: str = "flowscope_test") -> dict:
+    """DemoModelLoader → KSampler (positive digit, negative empty) → pixel_space VAEDecode → SaveImage."""
+    return {
+        "1": {"class_type": "FlowScopeDemoModelLoader", "inputs": {"model_name": model_name}},
+        "2": {"class_type": "FlowScopeDigitConditioning", "inputs": {"digit": digit}},
+        "3": {"class_type": "FlowScopeDigitConditioning", "inputs": {"digit": "empty"}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+            "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
+            "denoise": 1.0}},
+        "6": {"class_type": "VAELoader", "inputs": {"vae_name": "pixel_space"}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["6", 0]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": prefix}},
+    }
+
+
+def images_to_latent_scale(images):
+    """PIL RGB images (any integer upscale of 8×8, nearest) → tensor [N, 3, 8, 8] in [−1, 1]."""
+    import numpy as np
+    import torch
+
+    arrays = []
+    for image in images:
+        pixels = np.asarray(image, dtype=np.float64) / 255.0  # H, W, 3
+        block = pixels.shape[0] // 8
+        pixels = pixels.reshape(8, block, 8, block, 3).mean(axis=(1, 3))
+        arrays.append(pixels.transpose(2, 0, 1) * 2 - 1)
+    return torch.tensor(np.stack(arrays), dtype=torch.float32)
