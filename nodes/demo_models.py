@@ -48,13 +48,20 @@ class DemoModelConfig(comfy.supported_models_base.BASE):
     memory_usage_factor = 0.01
 
 
-def _sigma_of_call(timesteps, transformer_options, sigma_of_timestep):
-    # ComfyUI passes the true sigma in transformer_options["sigmas"]; the timestep scale differs between
-    # model-sampling patches (SD3/Flux/AuraFlow shift nodes), so only fall back to inverting it.
+def _sigma_of_call(x, timesteps, transformer_options, sigma_of_timestep):
+    """Per-row sigma of a model call, shape [B].
+
+    ComfyUI passes the true sigma in transformer_options["sigmas"] (one per sample of the un-batched call;
+    conds are batched by concatenating the same timesteps, hence the repeat). The timestep scale differs
+    between model-sampling patches (SD3/Flux/AuraFlow shift nodes), so inverting it is only a fallback.
+    """
     sigma = transformer_options.get("sigmas") if transformer_options else None
     if sigma is None:
         sigma = sigma_of_timestep(timesteps)
-    return sigma.float().reshape(-1)
+    sigma = sigma.float().reshape(-1).to(x.device)
+    if sigma.numel() != x.shape[0]:
+        sigma = sigma.repeat(x.shape[0] // sigma.numel())
+    return sigma
 
 
 def _labels_from_context(context, batch, device):
@@ -71,15 +78,16 @@ def _labels_from_context(context, batch, device):
 class DigitsNet(torch.nn.Module):
     """``diffusion_model`` of the digits demos: the trained MLP fed with flow time and the class one-hot."""
 
-    def __init__(self, prediction="flow", width=256, depth=3, time_dim=64, device=None, operations=None, **_):
+    def __init__(self, prediction="flow", width=256, depth=3, time_dim=64, dtype=None, device=None,
+                 operations=None, **_):
         super().__init__()
+        self.dtype = dtype or torch.float32  # ComfyUI reads diffusion_model.dtype
         self.prediction = prediction
         self.net = DigitsMLP(width, depth, time_dim, ops=operations if operations is not None else torch.nn)
         self.sigma_of_timestep = None  # set by the loader (a bound method, not a submodule)
 
     def forward(self, x, timesteps, context=None, transformer_options=None, **_):
-        sigma = _sigma_of_call(timesteps, transformer_options, self.sigma_of_timestep).to(x.device)
-        sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        sigma = _sigma_of_call(x, timesteps, transformer_options, self.sigma_of_timestep)
         t = sigma if self.prediction == "flow" else sigma / (1 + sigma)
         return self.net(x, t, _labels_from_context(context, x.shape[0], x.device)).to(x.dtype)
 
@@ -90,16 +98,16 @@ class AnalyticNet(torch.nn.Module):
     A digit label restricts the mixture to that digit's component; the empty label uses the whole mixture.
     """
 
-    def __init__(self, components=10, features=192, device=None, operations=None, **_):
+    def __init__(self, components=10, features=192, dtype=None, device=None, operations=None, **_):
         super().__init__()
+        self.dtype = torch.float32  # inputs/outputs; the mixture itself is evaluated in float64
         self.register_buffer("means", torch.zeros(components, features, dtype=torch.float64))
         self.register_buffer("stds", torch.ones(components, features, dtype=torch.float64))
         self.register_buffer("log_weights", torch.zeros(components, dtype=torch.float64))
         self.sigma_of_timestep = None
 
     def forward(self, x, timesteps, context=None, transformer_options=None, **_):
-        sigma = _sigma_of_call(timesteps, transformer_options, self.sigma_of_timestep).to(x.device)
-        sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        sigma = _sigma_of_call(x, timesteps, transformer_options, self.sigma_of_timestep)
         labels = _labels_from_context(context, x.shape[0], x.device).argmax(dim=1)
         velocity = torch.empty(x.shape, dtype=torch.float64, device=x.device)
         full = GaussianMixture(self.means, self.stds, self.log_weights)
