@@ -107,6 +107,7 @@ class AnalyticNet(torch.nn.Module):
         self.sigma_of_timestep = None
 
     def forward(self, x, timesteps, context=None, transformer_options=None, **_):
+        comfy.model_management.throw_exception_if_processing_interrupted()  # as comfy.ops layers do
         sigma = _sigma_of_call(x, timesteps, transformer_options, self.sigma_of_timestep)
         labels = _labels_from_context(context, x.shape[0], x.device).argmax(dim=1)
         velocity = torch.empty(x.shape, dtype=torch.float64, device=x.device)

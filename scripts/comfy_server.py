@@ -176,6 +176,14 @@ class ComfyServer:
         return images
 
 
+    def output_latents(self, history: dict, node_id: str):
+        """Tensors written by a SaveLatent node."""
+        from safetensors.torch import load_file
+
+        return [load_file(str(self.output_dir / entry.get("subfolder", "") / entry["filename"]))["latent_tensor"]
+                for entry in history["outputs"].get(node_id, {}).get("latents", [])]
+
+
 def error_messages(history: dict) -> list[dict]:
     return [message[1] for message in history.get("status", {}).get("messages", [])
             if message[0] == "execution_error"]

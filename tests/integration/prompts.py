@@ -33,3 +33,30 @@ def images_to_latent_scale(images):
         pixels = pixels.reshape(8, block, 8, block, 3).mean(axis=(1, 3))
         arrays.append(pixels.transpose(2, 0, 1) * 2 - 1)
     return torch.tensor(np.stack(arrays), dtype=torch.float32)
+
+
+def custom_sampler_prompt(model_name: str, sampler_node: dict, digit: str = "5", batch: int = 2, cfg: float = 2.5,
+                          steps: int = 12, scheduler: str = "simple", seed: int = 0, prefix: str = "custom",
+                          sigmas_node: dict | None = None) -> dict:
+    """SamplerCustomAdvanced with a FlowScope SAMPLER node (``sampler_node`` is that node's API dict)."""
+    prompt = ksampler_prompt(model_name, digit=digit, batch=batch, cfg=cfg, steps=steps, scheduler=scheduler,
+                             seed=seed, prefix=prefix)
+    del prompt["5"]
+    prompt.update({
+        "10": sampler_node,
+        "11": sigmas_node or {"class_type": "BasicScheduler", "inputs": {
+            "model": ["1", 0], "scheduler": scheduler, "steps": steps, "denoise": 1.0}},
+        "12": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0],
+                                                     "negative": ["3", 0], "cfg": cfg}},
+        "13": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
+        "5": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["13", 0], "guider": ["12", 0], "sampler": ["10", 0], "sigmas": ["11", 0],
+            "latent_image": ["4", 0]}},
+    })
+    return prompt
+
+
+def with_saved_latent(prompt: dict, prefix: str) -> dict:
+    prompt = dict(prompt)
+    prompt["9"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"latents/{prefix}"}}
+    return prompt

@@ -56,9 +56,20 @@ def rms(a, b):
     return (a - b).pow(2).mean().sqrt().item()
 
 
-def measured_order(run, problem, steps_list):
+def alternating(steps, ratio=2.0):
+    """A rough grid from 1 to 0 whose step sizes alternate between h and ratio·h."""
+    sizes = [1.0 if i % 2 == 0 else ratio for i in range(steps)]
+    total = sum(sizes)
+    sigmas = [1.0]
+    for size in sizes:
+        sigmas.append(sigmas[-1] - size / total)
+    sigmas[-1] = 0.0
+    return torch.tensor(sigmas, dtype=torch.float64)
+
+
+def measured_order(run, problem, steps_list, grid=uniform):
     """Least-squares slope of −log(error) against log(steps): the empirical convergence order."""
-    errors = [rms(run(problem.model, problem.noise, uniform(n)), problem.reference) for n in steps_list]
+    errors = [rms(run(problem.model, problem.noise, grid(n)), problem.reference) for n in steps_list]
     xs = [math.log(n) for n in steps_list]
     ys = [math.log(e) for e in errors]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)

@@ -1,0 +1,55 @@
+"""Bridge between ComfyUI's sampling objects and the pure-torch samplers of samplers/.
+
+ComfyUI calls a sampler function as ``fn(model, x, sigmas, extra_args, callback, disable, **extra_options)``
+with ``model`` a ``KSamplerX0Inpaint`` whose ``inner_model`` is the guider and ``inner_model.inner_model``
+the ``BaseModel``. The samplers only need to know whether the model is a flow (CONST) model, which decides
+how the σ = 0 end is handled (see samplers/common.py) and which DDIM/Langevin formulas apply.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+
+import comfy.model_sampling
+
+# Flow models: stages that land on σ = 0 are evaluated at this σ (velocity is finite there, (x − D)/σ is not).
+FLOW_DATA_END_SIGMA = 1e-4
+
+
+def find_model_sampling(model):
+    """The ``model_sampling`` object behind a k-diffusion-style model wrapper, or None."""
+    obj = model
+    for _ in range(6):
+        if obj is None:
+            return None
+        model_sampling = getattr(obj, "model_sampling", None)
+        if model_sampling is not None:
+            return model_sampling
+        obj = getattr(obj, "inner_model", None)
+    return None
+
+
+def is_flow_model(model_sampling) -> bool:
+    return isinstance(model_sampling, comfy.model_sampling.CONST)
+
+
+def model_dependent_options(model) -> dict:
+    flow = is_flow_model(find_model_sampling(model))
+    return {"data_end_sigma": FLOW_DATA_END_SIGMA if flow else None, "flow_model": flow}
+
+
+def comfy_sampler_function(sampler_fn):
+    """Wrap a samplers/ function so it learns the model family from ComfyUI's model wrapper.
+
+    Only the options the function declares are passed; explicit options (from a sampler node) win.
+    """
+    accepted = set(inspect.signature(sampler_fn).parameters)
+
+    @functools.wraps(sampler_fn)
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+        injected = {key: value for key, value in model_dependent_options(model).items()
+                    if key in accepted and key not in options}
+        return sampler_fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                          **injected, **options)
+
+    return sample

@@ -1,0 +1,157 @@
+"""SAMPLER nodes: one node per sampler family, each returning a ``comfy.samplers.KSAMPLER`` built from a
+samplers/ function (so it plugs into SamplerCustom / SamplerCustomAdvanced and the recorder)."""
+from __future__ import annotations
+
+import comfy.samplers
+
+from .. import samplers as core
+from .comfy_io import io
+from .comfy_sampling import comfy_sampler_function
+
+FIXED_STEP_METHODS = ["euler", "heun", "midpoint", "ralston", "rk3", "rk4", "rk38"]
+CATEGORY = "FlowScope/samplers"
+
+
+def make_sampler(fn, **options):
+    return comfy.samplers.KSAMPLER(comfy_sampler_function(fn), extra_options=options)
+
+
+def _schema(node_id, name, description, inputs):
+    return io.Schema(node_id=node_id, display_name=f"FlowScope · {name}", category=CATEGORY,
+                     description=description, inputs=inputs, outputs=[io.Sampler.Output()])
+
+
+class RungeKuttaSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return _schema("FlowScopeSamplerRungeKutta", "Runge–Kutta Sampler",
+                       "Explicit Runge–Kutta from a Butcher tableau. NFE per step = stages (euler 1, heun/midpoint/"
+                       "ralston 2, rk3 3, rk4/rk38 4). On flow models the last step to σ = 0 keeps the full order.",
+                       [io.Combo.Input("method", options=FIXED_STEP_METHODS, default="heun",
+                                       tooltip="Order: euler 1; heun, midpoint, ralston 2; rk3 3; rk4, rk38 4.")])
+
+    @classmethod
+    def execute(cls, method) -> io.NodeOutput:
+        return io.NodeOutput(make_sampler(core.sample_rk, method=method))
+
+
+class AdaptiveSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return _schema(
+            "FlowScopeSamplerAdaptive", "Adaptive Sampler",
+            "Embedded Runge–Kutta pair with a PI step-size controller. The SIGMAS only give the interval, "
+            "the initial step size and the points where previews are sent; the controller picks the steps.",
+            [io.Combo.Input("method", options=["dopri5", "bosh3"], default="dopri5",
+                            tooltip="dopri5: Dormand–Prince 5(4), 6 NFE/step; bosh3: Bogacki–Shampine 3(2), 3 NFE/step."),
+             io.Float.Input("rtol", default=1e-3, min=1e-8, max=1.0, step=1e-4,
+                            tooltip="Relative tolerance per step. 1e-2 fast preview, 1e-3 default, 1e-5 reference."),
+             io.Float.Input("atol", default=1e-4, min=1e-10, max=1.0, step=1e-5,
+                            tooltip="Absolute tolerance per step (latent units)."),
+             io.Combo.Input("error_norm", options=["batch", "per_sample"], default="batch",
+                            tooltip="batch: RMS over the whole batch; per_sample: the worst sample decides."),
+             io.Int.Input("max_nfe", default=1000, min=8, max=100000,
+                          tooltip="Hard cap on model calls; when reached the rest is finished on the SIGMAS grid "
+                                  "with fixed steps and a warning is logged."),
+             io.Int.Input("nfe_budget", default=0, min=0, max=100000,
+                          tooltip="0 = off. Otherwise the total NFE stays within this budget (see README).")])
+
+    @classmethod
+    def execute(cls, method, rtol, atol, error_norm, max_nfe, nfe_budget) -> io.NodeOutput:
+        return io.NodeOutput(make_sampler(core.sample_adaptive, method=method, rtol=rtol, atol=atol,
+                                          error_norm=error_norm, max_nfe=max_nfe,
+                                          nfe_budget=nfe_budget or None))
+
+
+class MultistepSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return _schema(
+            "FlowScopeSamplerAdamsBashforth", "Adams–Bashforth Sampler",
+            "Variable-step Adams–Bashforth (multistep = momentum): 1 NFE per step after a high-order warm start.",
+            [io.Int.Input("order", default=2, min=2, max=4,
+                          tooltip="2, 3 or 4. Higher orders pay off from ~10 steps on smooth (flow) paths.")])
+
+    @classmethod
+    def execute(cls, order) -> io.NodeOutput:
+        return io.NodeOutput(make_sampler(core.sample_adams_bashforth, order=order))
+
+
+class OptimizerSampler(io.ComfyNode):
+    KINDS = ["heavy_ball", "nesterov", "gradient_estimation", "secant"]
+
+    @classmethod
+    def define_schema(cls):
+        return _schema(
+            "FlowScopeSamplerOptimizer", "Optimizer-Style Sampler",
+            "Sampling as optimisation: Euler is gradient descent with learning rate Δσ. heavy_ball: momentum "
+            "(β = 0.5 is Adams–Bashforth 2); nesterov: look-ahead evaluation (0.5 = second order); "
+            "gradient_estimation: γ-extrapolated velocity (ComfyUI's γ = 2; γ = 1.5 is AB2); secant: "
+            "curvature-aware (quasi-Newton) step length.",
+            [io.Combo.Input("kind", options=cls.KINDS, default="heavy_ball"),
+             io.Float.Input("beta", default=0.5, min=0.0, max=0.99, step=0.01,
+                            tooltip="heavy_ball momentum β in [0, 0.99]; 0.5 = AB2 (order 2), others order 1."),
+             io.Float.Input("gamma", default=2.0, min=1.0, max=3.0, step=0.05,
+                            tooltip="gradient_estimation γ in [1, 3]; 1 = Euler, 1.5 = AB2, 2 = ComfyUI default."),
+             io.Float.Input("lookahead", default=0.5, min=0.0, max=0.95, step=0.05,
+                            tooltip="nesterov look-ahead fraction of the step; 0.5 = second order."),
+             io.Boolean.Input("grid_aware", default=True,
+                              tooltip="Scale β/γ by the step-size ratio so the AB2 equivalence holds on "
+                                      "non-uniform schedules (karras, shifted)."),
+             io.Float.Input("max_curvature_step", default=2.0, min=0.1, max=10.0, step=0.1,
+                            tooltip="secant: clip of the curvature·step product; smaller is more conservative.")])
+
+    @classmethod
+    def execute(cls, kind, beta, gamma, lookahead, grid_aware, max_curvature_step) -> io.NodeOutput:
+        if kind == "heavy_ball":
+            sampler = make_sampler(core.sample_heavy_ball, beta=beta, grid_aware=grid_aware)
+        elif kind == "nesterov":
+            sampler = make_sampler(core.sample_nesterov, lookahead=lookahead)
+        elif kind == "gradient_estimation":
+            sampler = make_sampler(core.sample_gradient_estimation, gamma=gamma, grid_aware=grid_aware)
+        elif kind == "secant":
+            sampler = make_sampler(core.sample_secant, max_curvature_step=max_curvature_step)
+        else:
+            raise ValueError(f"FlowScope · Optimizer-Style Sampler, input 'kind': {kind!r} is not one of "
+                             f"{', '.join(cls.KINDS)}")
+        return io.NodeOutput(sampler)
+
+
+class LangevinSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return _schema(
+            "FlowScopeSamplerLangevinPC", "Langevin Predictor–Corrector",
+            "Predictor step + Langevin corrector steps (noisy gradient ascent on log p, Song et al. 2021) for "
+            "diffusion and flow models. NFE per step = predictor stages + corrector_steps.",
+            [io.Combo.Input("predictor", options=FIXED_STEP_METHODS, default="euler"),
+             io.Int.Input("corrector_steps", default=1, min=0, max=10,
+                          tooltip="Langevin steps after each predictor step; 0 = plain ODE sampling."),
+             io.Float.Input("snr", default=0.16, min=0.01, max=1.0, step=0.01,
+                            tooltip="Signal-to-noise ratio r of the step rule ε = 2(r‖z‖/‖g‖)²; 0.05–0.2 is safe.")])
+
+    @classmethod
+    def execute(cls, predictor, corrector_steps, snr) -> io.NodeOutput:
+        return io.NodeOutput(make_sampler(core.sample_langevin_pc, predictor=predictor,
+                                          corrector_steps=corrector_steps, snr=snr))
+
+
+class StochasticSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return _schema(
+            "FlowScopeSamplerStochastic", "DDIM / Flow SDE Sampler",
+            "DDIM data-prediction steps; with η > 0 marginal-preserving noise is injected (stochastic sampling "
+            "of flow models and DDIM-η of diffusion models). 1 NFE per step.",
+            [io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.05,
+                            tooltip="0 = deterministic DDIM (= Euler in x0 form); 1 = full posterior noise."),
+             io.Float.Input("s_noise", default=1.0, min=0.0, max=2.0, step=0.01,
+                            tooltip="Scale of the injected noise; 1 keeps the marginal exactly.")])
+
+    @classmethod
+    def execute(cls, eta, s_noise) -> io.NodeOutput:
+        return io.NodeOutput(make_sampler(core.sample_ddim, eta=eta, s_noise=s_noise))
+
+
+NODES = [RungeKuttaSampler, AdaptiveSampler, MultistepSampler, OptimizerSampler, LangevinSampler,
+         StochasticSampler]

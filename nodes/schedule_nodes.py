@@ -1,0 +1,125 @@
+"""SIGMAS nodes (FlowScope schedules and the trajectory-adaptive schedule) and the dropdown schedulers."""
+from __future__ import annotations
+
+import comfy.sample
+import comfy.samplers
+import torch
+
+from .. import samplers as core
+from ..samplers import schedules
+from .comfy_io import io
+from .comfy_sampling import FLOW_DATA_END_SIGMA, is_flow_model
+
+CATEGORY = "FlowScope/schedulers"
+NODE_SCHEDULES = ["uniform", "sd3_shift", "flux_shift", "cosine", "linear_quadratic"]
+
+
+def model_schedule(model_sampling, schedule: str, steps: int, shift=3.0, width=1024, height=1024):
+    """A FlowScope schedule spanning the model's σ range (float32, ends in 0)."""
+    sigma_max = float(model_sampling.sigma_max)
+    flow = is_flow_model(model_sampling)
+    if schedule == "uniform":
+        return schedules.uniform_sigmas(steps, sigma_max=sigma_max)
+    if schedule == "sd3_shift":
+        return schedules.shifted_sigmas(steps, sigma_max=min(sigma_max, 1.0), shift=shift)
+    if schedule == "flux_shift":
+        return schedules.flux_sigmas(steps, sigma_max=min(sigma_max, 1.0), width=width, height=height)
+    if schedule == "cosine":
+        return schedules.cosine_sigmas(steps, sigma_max=sigma_max, flow=flow)
+    if schedule == "linear_quadratic":
+        return schedules.linear_quadratic_sigmas(steps, sigma_max=sigma_max)
+    raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(NODE_SCHEDULES)}")
+
+
+def apply_denoise(make_sigmas, steps: int, denoise: float) -> torch.Tensor:
+    """As ComfyUI's BasicScheduler: a partial denoise keeps the last ``steps`` steps of a longer schedule."""
+    if denoise <= 0.0:
+        return torch.FloatTensor([])
+    total = int(steps / denoise) if denoise < 1.0 else steps
+    return make_sigmas(total)[-(steps + 1):]
+
+
+# Schedules that need only (model_sampling, steps) also go into the scheduler dropdowns.
+DROPDOWN_SCHEDULERS = {
+    f"fs_{name}": (lambda ms, steps, _name=name: model_schedule(ms, _name, steps))
+    for name in ("uniform", "cosine", "linear_quadratic")
+}
+
+
+class Scheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlowScopeScheduler", display_name="FlowScope · Scheduler", category=CATEGORY,
+            description="FlowScope σ schedules over the model's σ range (core already offers karras, "
+                        "exponential, beta…; these are the ones it lacks).",
+            inputs=[io.Model.Input("model"),
+                    io.Combo.Input("schedule", options=NODE_SCHEDULES, default="uniform",
+                                   tooltip="uniform in σ; sd3_shift (uses shift); flux_shift (uses width/height); "
+                                           "cosine (Nichol & Dhariwal); linear_quadratic (Movie Gen)."),
+                    io.Int.Input("steps", default=20, min=1, max=10000),
+                    io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                    io.Float.Input("shift", default=3.0, min=0.01, max=100.0, step=0.01,
+                                   tooltip="sd3_shift only: σ' = sσ/(1+(s−1)σ). SD3 uses 3.0."),
+                    io.Int.Input("width", default=1024, min=16, max=16384, step=16,
+                                 tooltip="flux_shift only: image width in pixels (sets μ)."),
+                    io.Int.Input("height", default=1024, min=16, max=16384, step=16,
+                                 tooltip="flux_shift only: image height in pixels (sets μ).")],
+            outputs=[io.Sigmas.Output()])
+
+    @classmethod
+    def execute(cls, model, schedule, steps, denoise, shift, width, height) -> io.NodeOutput:
+        model_sampling = model.get_model_object("model_sampling")
+        try:
+            sigmas = apply_denoise(lambda total: model_schedule(model_sampling, schedule, total, shift, width,
+                                                                height), steps, denoise)
+        except ValueError as error:
+            raise ValueError(f"FlowScope · Scheduler ({schedule}): {error}") from error
+        return io.NodeOutput(sigmas)
+
+
+class TrajectoryAdaptiveScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlowScopeTrajectoryAdaptiveScheduler", display_name="FlowScope · Trajectory-Adaptive Scheduler",
+            category=CATEGORY,
+            description="Runs a cheap pilot solve (Heun, 2 NFE per pilot step) of your model, guider and noise, "
+                        "and places the requested steps where the pilot's local error is largest "
+                        "(equidistributed error). Use the same noise seed for the pilot and the real run.",
+            inputs=[io.Noise.Input("noise"), io.Guider.Input("guider"), io.Latent.Input("latent_image"),
+                    io.Int.Input("steps", default=10, min=1, max=1000, tooltip="Steps of the returned schedule."),
+                    io.Int.Input("pilot_steps", default=16, min=2, max=200,
+                                 tooltip="Pilot resolution; costs 2·pilot_steps model calls."),
+                    io.Combo.Input("pilot_scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
+                                   tooltip="Schedule of the pilot grid."),
+                    io.Int.Input("sampler_order", default=2, min=1, max=5,
+                                 tooltip="Order of the sampler you will use; sets the step density exponent.")],
+            outputs=[io.Sigmas.Output()])
+
+    @classmethod
+    def execute(cls, noise, guider, latent_image, steps, pilot_steps, pilot_scheduler,
+                sampler_order) -> io.NodeOutput:
+        model_sampling = guider.model_patcher.get_model_object("model_sampling")
+        pilot_sigmas = comfy.samplers.calculate_sigmas(model_sampling, pilot_scheduler, pilot_steps).cpu()
+        result = {}
+
+        def pilot(model, x, sigmas, extra_args=None, callback=None, disable=None):
+            data_end = FLOW_DATA_END_SIGMA if is_flow_model(model_sampling) else None
+            result["sigmas"] = core.trajectory_adaptive_sigmas(model, x, sigmas, steps, extra_args=extra_args,
+                                                               data_end_sigma=data_end, order=sampler_order,
+                                                               info=result)
+            return x
+
+        latent = latent_image["samples"]
+        latent = comfy.sample.fix_empty_latent_channels(guider.model_patcher, latent)
+        try:
+            guider.sample(noise.generate_noise({**latent_image, "samples": latent}), latent,
+                          comfy.samplers.KSAMPLER(pilot), pilot_sigmas,
+                          denoise_mask=latent_image.get("noise_mask"), disable_pbar=True, seed=noise.seed)
+        except ValueError as error:
+            raise ValueError(f"FlowScope · Trajectory-Adaptive Scheduler: {error}") from error
+        return io.NodeOutput(result["sigmas"])
+
+
+NODES = [Scheduler, TrajectoryAdaptiveScheduler]

@@ -1,0 +1,194 @@
+"""Optimizer-style samplers and their exact meaning as ODE integrators.
+
+Flow-matching Euler ``x ← x + h·d`` (h = σ_{k+1} − σ_k < 0, d = velocity) has the form of a gradient-descent
+step with learning rate |h| and ``−d`` as gradient. The optimizer ideas below are each an integrator; their
+docstrings state which one, and its order (tests measure it). All cost 1 NFE per step (Nesterov's first
+step and nothing else costs 2). ``h_k`` is the current step, ``r_k = h_k/h_{k−1}`` the step ratio.
+
+* heavy-ball, ``variant="gradient"``: ``x_{k+1} = x_k + h_k[(1+β)d_k − β d_{k−1}]`` = Adams–Bashforth 2 for
+  β = 1/2 (uniform grid, or any grid with ``grid_aware=True``, β_k = β·r_k): order 2 then, else 1.
+* heavy-ball, ``variant="polyak"``: Polyak's momentum on the state,
+  ``x_{k+1} = x_k + (1−β)h_k d_k + β r_k (x_k − x_{k−1})``, i.e. an EMA velocity buffer
+  ``m_k = β m_{k−1} + (1−β) d_k``, ``x_{k+1} = x_k + h_k m_k``: a consistent two-step method of order 1 for
+  every β ∈ [0, 1) with error constant (1+β)/(1−β) times Euler's (3× at β = 1/2) — optimizer momentum
+  lags the path it should follow.
+* Nesterov look-ahead: evaluate at the extrapolated point ``x̃ = x_k + c r_k (x_k − x_{k−1})`` (σ̃ = σ_k + c h_k)
+  and step ``x_{k+1} = x_k + h_k d(x̃, σ̃)``: explicit midpoint with an extrapolated midpoint state, order 2
+  for c = 1/2, else 1. ``variant="nag"`` also carries the momentum, ``x_{k+1} = x̃ + (1−c)h_k d(x̃, σ̃)``
+  (Euler from the look-ahead point): order 1 for every c.
+* gradient estimation (Permenter & Yuan 2024): ``d̄ = γ d_k + (1−γ) d_{k−1}`` (ComfyUI's form, γ = 2): the
+  derivative extrapolated to σ_k + (γ−1)h_k; order 2 only for γ = 3/2 (= AB2; identical to heavy-ball
+  ``gradient`` with β = γ − 1), order 1 otherwise (γ = 2: error constant −1/2, Euler's with opposite sign).
+* secant ("quasi-Newton"): Barzilai–Borwein secant curvature ``λ = ⟨Δd, Δx⟩/‖Δx‖²`` per sample as the linear
+  part of an exponential integrator. ``variant="euler"``: ``x_{k+1} = x_k + h_k φ₁(λh_k) d_k``,
+  ``φ₁(z) = (e^z − 1)/z`` — the curvature-aware Newton-like step length, order 1. ``variant="ab2"`` (default):
+  exponential AB2 with that λ, order 2 for any bounded λ, AB2 at λ = 0, exact for linear velocity fields.
+"""
+from __future__ import annotations
+
+import torch
+
+from .common import (ModelDerivative, append_dims, batch_dot, check_choice, check_range, progress_range,
+                     report, validate_data_end_sigma, validate_latent, validate_sigmas)
+
+
+def _setup(model, x, sigmas, extra_args, data_end_sigma, who):
+    grid = validate_sigmas(sigmas, who)
+    validate_latent(x, who)
+    data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
+    return grid, ModelDerivative(model, x, sigmas, extra_args, data_end_sigma)
+
+
+def _gradient_extrapolation(model, x, sigmas, extra_args, callback, disable, gamma, grid_aware,
+                            data_end_sigma, who):
+    """Shared loop of heavy-ball (gradient form) and gradient estimation: ``d̄ = γ_k d_k + (1−γ_k) d_{k−1}``."""
+    grid, derivative = _setup(model, x, sigmas, extra_args, data_end_sigma, who)
+    previous = None
+    for i in progress_range(len(grid) - 1, disable=disable):
+        sigma, sigma_next = grid[i], grid[i + 1]
+        h = sigma_next - sigma
+        evaluation = derivative(x, sigma)
+        report(callback, x, i, sigmas[i], evaluation.denoised)
+        d = evaluation.derivative
+        if previous is None:
+            x = x + d * h
+        else:
+            g = 1.0 + (gamma - 1.0) * (h / (sigma - grid[i - 1])) if grid_aware else gamma
+            x = x + (d * g + previous * (1.0 - g)) * h
+        previous = d
+    return x
+
+
+def sample_heavy_ball(model, x, sigmas, extra_args=None, callback=None, disable=None, beta=0.5,
+                      variant="gradient", grid_aware=False, data_end_sigma=None):
+    """Heavy-ball momentum (Polyak 1964) as an integrator; see the module docstring.
+
+    ``variant="gradient"``: ``x + h[(1+β)d_k − βd_{k−1}]`` — AB2 for β = 1/2 (order 2), else order 1;
+    ``grid_aware`` scales β by the step ratio so β = 1/2 is variable-step AB2.
+    ``variant="polyak"``: EMA momentum ``m_k = βm_{k−1} + (1−β)d_k``, ``x + h m_k`` — order 1, error constant
+    (1+β)/(1−β) × Euler's. First step: Euler. 1 NFE/step.
+    """
+    who = "fs_heavy_ball"
+    check_choice(variant, ("gradient", "polyak"), who, "variant")
+    if variant == "gradient":
+        beta = check_range(beta, -1.0, 1.0, who, "beta")
+        return _gradient_extrapolation(model, x, sigmas, extra_args, callback, disable, 1.0 + beta,
+                                       grid_aware, data_end_sigma, who)
+    beta = check_range(beta, 0.0, 1.0, who, "beta", high_open=True)
+    grid, derivative = _setup(model, x, sigmas, extra_args, data_end_sigma, who)
+    momentum = None
+    for i in progress_range(len(grid) - 1, disable=disable):
+        sigma, sigma_next = grid[i], grid[i + 1]
+        evaluation = derivative(x, sigma)
+        report(callback, x, i, sigmas[i], evaluation.denoised)
+        d = evaluation.derivative
+        momentum = d if momentum is None else momentum * beta + d * (1.0 - beta)
+        x = x + momentum * (sigma_next - sigma)
+    return x
+
+
+def sample_gradient_estimation(model, x, sigmas, extra_args=None, callback=None, disable=None, gamma=2.0,
+                               grid_aware=False, data_end_sigma=None):
+    """Gradient estimation (Permenter & Yuan 2024, "Interpreting and improving diffusion models from an
+    optimization perspective"), ComfyUI's ``sample_gradient_estimation`` form ``d̄ = γd_k + (1−γ)d_{k−1}``.
+
+    Integrator: ``d̄`` is the derivative linearly extrapolated to σ_k + (γ−1)h_k (uniform grid); with
+    ``grid_aware`` γ_k = 1 + (γ−1)h_k/h_{k−1} extrapolates there on any grid. Order 2 iff γ = 3/2 (= AB2),
+    order 1 otherwise (default γ = 2). First step: Euler. 1 NFE/step.
+    """
+    who = "fs_grad_est"
+    gamma = check_range(gamma, 0.0, 4.0, who, "gamma")
+    return _gradient_extrapolation(model, x, sigmas, extra_args, callback, disable, gamma, grid_aware,
+                                   data_end_sigma, who)
+
+
+def sample_nesterov(model, x, sigmas, extra_args=None, callback=None, disable=None, lookahead=0.5,
+                    variant="lookahead", data_end_sigma=None):
+    """Nesterov look-ahead (Nesterov 1983) as an integrator; see the module docstring.
+
+    The look-ahead point ``x̃ = x_k + c·(h_k/h_{k−1})(x_k − x_{k−1})`` estimates the path at σ_k + c·h_k
+    (c = ``lookahead`` ∈ [0, 1)); the first step predicts it with Euler instead (2 NFE, an RK2 step).
+    ``variant="lookahead"``: ``x_{k+1} = x_k + h_k d(x̃)`` — order 2 for c = 1/2 (explicit midpoint with an
+    extrapolated midpoint state), order 1 otherwise. ``variant="nag"``: ``x_{k+1} = x̃ + (1−c)h_k d(x̃)``
+    (momentum carried, Euler from the look-ahead point) — order 1. 1 NFE/step after the first.
+    The callback's ``denoised`` is the look-ahead prediction.
+    """
+    who = "fs_nesterov"
+    check_choice(variant, ("lookahead", "nag"), who, "variant")
+    c = check_range(lookahead, 0.0, 1.0, who, "lookahead", high_open=True)
+    grid, derivative = _setup(model, x, sigmas, extra_args, data_end_sigma, who)
+    previous_x = None
+    for i in progress_range(len(grid) - 1, disable=disable):
+        sigma, sigma_next = grid[i], grid[i + 1]
+        h = sigma_next - sigma
+        if previous_x is None:
+            first = derivative(x, sigma)
+            report(callback, x, i, sigmas[i], first.denoised)
+            lookahead_x = x + first.derivative * (c * h)
+        else:
+            lookahead_x = x + (x - previous_x) * (c * h / (sigma - grid[i - 1]))
+        if c == 0.0:
+            evaluation = first if previous_x is None else derivative(x, sigma)
+        else:
+            evaluation = derivative(lookahead_x, sigma + c * h)
+        if previous_x is not None:
+            report(callback, x, i, sigmas[i], evaluation.denoised)
+        previous_x = x
+        if variant == "nag":
+            x = lookahead_x + evaluation.derivative * ((1.0 - c) * h)
+        else:
+            x = x + evaluation.derivative * h
+    return x
+
+
+def _phi(z: torch.Tensor):
+    """φ₁(z) = (e^z − 1)/z and φ₂(z) = (e^z − 1 − z)/z², by series near 0."""
+    small = z.abs() < 1e-3
+    safe = torch.where(small, torch.ones_like(z), z)
+    phi1 = torch.where(small, 1.0 + z / 2 + z * z / 6, torch.expm1(safe) / safe)
+    phi2 = torch.where(small, 0.5 + z / 6 + z * z / 24, (torch.expm1(safe) - safe) / (safe * safe))
+    return phi1, phi2
+
+
+def sample_secant(model, x, sigmas, extra_args=None, callback=None, disable=None, variant="ab2",
+                  max_curvature_step=2.0, data_end_sigma=None):
+    """Curvature-aware secant ("quasi-Newton") sampler: exponential integrators (Hochbruck & Ostermann 2010,
+    "Exponential integrators", Acta Numerica; Cox & Matthews 2002, ETD2) whose linear part is the
+    Barzilai–Borwein (1988) secant estimate of the Jacobian along the path.
+
+    ``λ_k = ⟨d_k − d_{k−1}, x_k − x_{k−1}⟩/‖x_k − x_{k−1}‖²`` per sample (the Rayleigh quotient of the Jacobian on
+    the last step, as quasi-Newton methods estimate a Hessian from successive gradients), clipped so that
+    ``|z| = |λ_k h_k| ≤ max_curvature_step``.
+    ``variant="euler"``: ``x_{k+1} = x_k + h_k φ₁(z) d_k`` — the Newton-like step length h·φ₁(z) stretched or
+    shrunk by the curvature; exact for d = λx, order 1 in general.
+    ``variant="ab2"`` (default): exponential Adams–Bashforth 2 with ``N = d − λ_k x``,
+    ``x_{k+1} = x_k + h φ₁(z) d_k + h φ₂(z) (h_k/h_{k−1}) (N_k − N_{k−1})``: order 2 for any bounded λ, equal to
+    variable-step AB2 at λ = 0, exact for linear d = λx + c. First step: Euler. 1 NFE/step.
+    """
+    who = "fs_secant"
+    check_choice(variant, ("ab2", "euler"), who, "variant")
+    limit = check_range(max_curvature_step, 0.0, 50.0, who, "max_curvature_step")
+    grid, derivative = _setup(model, x, sigmas, extra_args, data_end_sigma, who)
+    previous = None
+    for i in progress_range(len(grid) - 1, disable=disable):
+        sigma, sigma_next = grid[i], grid[i + 1]
+        h = sigma_next - sigma
+        evaluation = derivative(x, sigma)
+        report(callback, x, i, sigmas[i], evaluation.denoised)
+        d = evaluation.derivative
+        if previous is None:
+            x_next = x + d * h
+        else:
+            previous_x, previous_d = previous
+            dx, dd = x - previous_x, d - previous_d
+            curvature = batch_dot(dd, dx) / batch_dot(dx, dx).clamp_min(torch.finfo(x.dtype).tiny)
+            z = (curvature * h).clamp(-limit, limit)
+            phi1, phi2 = (append_dims(phi, x.ndim) for phi in _phi(z))
+            x_next = x + d * (phi1 * h)
+            if variant == "ab2":
+                lam = append_dims(z / h, x.ndim)
+                nonlinear_change = dd - dx * lam  # N_k − N_{k−1} with the same λ
+                x_next = x_next + nonlinear_change * (phi2 * (h * h / (sigma - grid[i - 1])))
+        previous = (x, d)
+        x = x_next
+    return x

@@ -1,0 +1,146 @@
+"""Fixed-step explicit Runge–Kutta sampling from Butcher tableaux (Butcher 2016).
+
+One generic step :func:`rk_step` runs any :class:`~.tableaux.ButcherTableau`; :func:`sample_rk` walks
+the σ grid with it. Each named sampler (``fs_euler`` … ``fs_rk38``) is the tableau's name.
+
+σ = 0 end: with ``data_end_sigma`` (flow models) a stage at σ = 0 is evaluated at σ = data_end_sigma,
+so Heun/RK4 keep their order on the last step (ComfyUI's Heun falls back to Euler there). With
+``data_end_sigma=None`` (VE/EPS models) a step ending at σ = 0 is the Euler step ``x ← D(x, σ_i)``,
+first order on that last step, as in k-diffusion.
+
+``fs_euler`` is bit-identical to k-diffusion's ``sample_euler`` (``s_churn = 0``): the derivative divides
+by the σ-grid-dtype σ tensor and the update is ``x + d·Δσ`` with ``Δσ`` computed in the σ grid's dtype.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import torch
+
+from .common import (Evaluation, ModelDerivative, progress_range, report, validate_data_end_sigma,
+                     validate_latent, validate_sigmas)
+from .tableaux import EULER, ButcherTableau, get_tableau
+
+
+class RKStep(NamedTuple):
+    x: torch.Tensor  # the state at sigma_next
+    error: Optional[torch.Tensor]  # h Σ b_error_j k_j for embedded pairs, else None
+    evaluations: list  # Evaluation (derivative, denoised) of every stage, in stage order
+    last: Optional[Evaluation]  # FSAL: the evaluation at (x_next, sigma_next), else None
+
+
+def _combine(x: torch.Tensor, terms) -> torch.Tensor:
+    """``x + Σ coefficient·k`` with zero coefficients skipped (one-term sums keep k-diffusion's bits)."""
+    increment = None
+    for coefficient, k in terms:
+        if coefficient == 0.0:
+            continue
+        term = k * coefficient
+        increment = term if increment is None else increment + term
+    return x if increment is None else x + increment
+
+
+def rk_step(derivative_fn: Callable, x: torch.Tensor, sigma: float, sigma_next: float,
+            tableau: ButcherTableau, first_derivative: Optional[Evaluation] = None,
+            step: Optional[float] = None) -> RKStep:
+    """One explicit RK step of ``dx/dσ = d(x, σ)`` from ``sigma`` to ``sigma_next`` (Butcher 2016, §2.3).
+
+    ``derivative_fn(x, σ) → Evaluation(d, D)`` with σ a Python float. ``first_derivative`` (the
+    evaluation at ``(x, sigma)``) saves one evaluation when known (FSAL, multistep warm start).
+    ``step`` overrides ``h = sigma_next − sigma`` (the fixed-step sampler passes Δσ rounded in the σ grid's
+    dtype, as k-diffusion does). Coefficients ``h·a_jl`` and ``h·b_j`` are float64 Python scalars.
+    Returns :class:`RKStep` (state, error estimate or None, all stage evaluations, FSAL evaluation).
+    """
+    h = (sigma_next - sigma) if step is None else step
+    evaluations: list[Evaluation] = []
+    stage_states: list[torch.Tensor] = []
+    for j in range(tableau.stages):
+        if j == 0:
+            state = x
+            evaluation = first_derivative if first_derivative is not None else derivative_fn(x, sigma)
+        else:
+            state = _combine(x, ((h * a, evaluations[l].derivative) for l, a in enumerate(tableau.a[j])))
+            c = tableau.c[j]
+            stage_sigma = sigma_next if c == 1.0 else sigma + c * h
+            evaluation = derivative_fn(state, stage_sigma)
+        stage_states.append(state)
+        evaluations.append(evaluation)
+    if tableau.fsal:
+        x_next, last = stage_states[-1], evaluations[-1]
+    else:
+        x_next = _combine(x, ((h * b, e.derivative) for b, e in zip(tableau.b, evaluations)))
+        last = None
+    error = None
+    if tableau.b_error is not None:
+        error = _combine(torch.zeros_like(x), ((h * e, ev.derivative)
+                                               for e, ev in zip(tableau.b_error, evaluations)))
+    return RKStep(x_next, error, evaluations, last)
+
+
+def integrate_fixed(derivative: ModelDerivative, x: torch.Tensor, grid: list, tableau: ButcherTableau,
+                    first: Optional[Evaluation] = None, steps: Optional[list] = None,
+                    on_step: Optional[Callable] = None, disable=None) -> torch.Tensor:
+    """Walk ``grid`` (Python floats) with ``tableau``; the σ = 0 rule of the module docstring applies.
+
+    ``on_step(i, x, evaluation_at_x)`` is called before each step (for callbacks); ``steps`` optionally
+    gives the Δσ of each interval (see :func:`rk_step`).
+    """
+    for i in progress_range(len(grid) - 1, disable=disable):
+        sigma, sigma_next = grid[i], grid[i + 1]
+        if first is None:
+            first = derivative(x, sigma)
+        if on_step is not None:
+            on_step(i, x, first)
+        end_without_model = sigma_next == 0 and derivative.data_end_sigma is None
+        stepper = EULER if end_without_model else tableau
+        result = rk_step(derivative, x, sigma, sigma_next, stepper, first_derivative=first,
+                         step=None if steps is None else steps[i])
+        x, first = result.x, result.last
+    return x
+
+
+def sample_rk(model, x, sigmas, extra_args=None, callback=None, disable=None, method="rk4",
+              data_end_sigma=None):
+    """Fixed-step explicit Runge–Kutta sampler for any tableau name in ``TABLEAUX`` (Butcher 2016).
+
+    Options: ``method`` (``euler``, ``heun``, ``midpoint``, ``ralston``, ``rk3``, ``rk4``, ``rk38``,
+    ``bosh3``, ``dopri5`` — embedded pairs use their higher-order weights here), ``data_end_sigma`` (σ at
+    which a stage at σ = 0 is evaluated; None → first-order denoised last step). NFE per step = stages
+    (FSAL pairs: stages − 1 after the first step).
+    """
+    who = f"fs_{method}" if isinstance(method, str) else "sample_rk"
+    tableau = get_tableau(method, who)
+    grid = validate_sigmas(sigmas, who)
+    validate_latent(x, who)
+    data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
+    derivative = ModelDerivative(model, x, sigmas, extra_args, data_end_sigma)
+    if isinstance(sigmas, torch.Tensor):
+        steps = (sigmas[1:] - sigmas[:-1]).tolist()  # Δσ in the grid's dtype, like k-diffusion's dt
+    else:
+        steps = None
+
+    def on_step(i, state, evaluation):
+        report(callback, state, i, sigmas[i], evaluation.denoised)
+
+    return integrate_fixed(derivative, x, grid, tableau, steps=steps, on_step=on_step, disable=disable)
+
+
+def _named(method: str):
+    def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, data_end_sigma=None):
+        return sample_rk(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                         method=method, data_end_sigma=data_end_sigma)
+
+    sampler.__name__ = f"sample_fs_{method}"
+    sampler.__qualname__ = sampler.__name__
+    sampler.__doc__ = (f"Fixed-step {get_tableau(method).name} (order {get_tableau(method).order}, "
+                       f"{get_tableau(method).stages} NFE/step) via :func:`sample_rk` (Butcher 2016).")
+    return sampler
+
+
+sample_fs_euler = _named("euler")
+sample_fs_heun = _named("heun")
+sample_fs_midpoint = _named("midpoint")
+sample_fs_ralston = _named("ralston")
+sample_fs_rk3 = _named("rk3")
+sample_fs_rk4 = _named("rk4")
+sample_fs_rk38 = _named("rk38")

@@ -1,0 +1,188 @@
+"""Every FlowScope sampler and schedule through the real ComfyUI: dropdowns, SAMPLER nodes, bad input, cancel."""
+import json
+import threading
+import time
+import uuid
+
+import pytest
+import torch
+
+from samplers import SAMPLERS
+from scripts.comfy_server import PromptFailed, error_messages
+from tests.integration.prompts import (custom_sampler_prompt, images_to_latent_scale, ksampler_prompt,
+                                       with_saved_latent)
+
+pytestmark = pytest.mark.integration
+MODELS = [("digits-flow", "simple"), ("digits-diffusion", "karras")]
+DIGIT = 5
+
+
+def generated_digits(comfy, prompt):
+    return images_to_latent_scale(comfy.output_images(comfy.run(prompt), "8"))
+
+
+def test_fs_euler_is_bit_identical_to_comfyui_euler(comfy):
+    latents = {}
+    for name in ("euler", "fs_euler"):
+        prompt = with_saved_latent(ksampler_prompt("digits-flow", sampler=name, steps=10, seed=7,
+                                                   prefix=f"bit_{name}"), f"bit_{name}")
+        latents[name] = comfy.output_latents(comfy.run(prompt), "9")[0]
+    assert latents["euler"].shape == (2, 3, 8, 8)
+    assert torch.equal(latents["euler"], latents["fs_euler"])
+
+
+@pytest.mark.parametrize("model_name,scheduler", MODELS)
+def test_every_dropdown_sampler_makes_digits(comfy, digit_classifier, model_name, scheduler):
+    accuracies = {}
+    for name in SAMPLERS:
+        pixels = generated_digits(comfy, ksampler_prompt(model_name, digit=str(DIGIT), batch=2, cfg=2.5, steps=12,
+                                                         sampler=name, scheduler=scheduler,
+                                                         prefix=f"dd_{model_name}_{name}"))
+        assert pixels.shape == (2, 3, 8, 8) and torch.isfinite(pixels).all()
+        accuracies[name] = digit_classifier.accuracy(pixels, torch.full((2,), DIGIT))
+    assert all(accuracy >= 0.5 for accuracy in accuracies.values()), accuracies
+    assert sum(accuracies.values()) / len(accuracies) >= 0.85, accuracies
+
+
+SAMPLER_NODES = {
+    "rk4": {"class_type": "FlowScopeSamplerRungeKutta", "inputs": {"method": "rk4"}},
+    "midpoint": {"class_type": "FlowScopeSamplerRungeKutta", "inputs": {"method": "midpoint"}},
+    "dopri5": {"class_type": "FlowScopeSamplerAdaptive", "inputs": {
+        "method": "dopri5", "rtol": 1e-3, "atol": 1e-4, "error_norm": "batch", "max_nfe": 400, "nfe_budget": 0}},
+    "bosh3_budget": {"class_type": "FlowScopeSamplerAdaptive", "inputs": {
+        "method": "bosh3", "rtol": 1e-3, "atol": 1e-4, "error_norm": "per_sample", "max_nfe": 400,
+        "nfe_budget": 60}},
+    "ab3": {"class_type": "FlowScopeSamplerAdamsBashforth", "inputs": {"order": 3}},
+    "heavy_ball": {"class_type": "FlowScopeSamplerOptimizer", "inputs": {
+        "kind": "heavy_ball", "beta": 0.5, "gamma": 2.0, "lookahead": 0.5, "grid_aware": True,
+        "max_curvature_step": 2.0}},
+    "nesterov": {"class_type": "FlowScopeSamplerOptimizer", "inputs": {
+        "kind": "nesterov", "beta": 0.5, "gamma": 2.0, "lookahead": 0.5, "grid_aware": True,
+        "max_curvature_step": 2.0}},
+    "grad_est": {"class_type": "FlowScopeSamplerOptimizer", "inputs": {
+        "kind": "gradient_estimation", "beta": 0.5, "gamma": 2.0, "lookahead": 0.5, "grid_aware": True,
+        "max_curvature_step": 2.0}},
+    "secant": {"class_type": "FlowScopeSamplerOptimizer", "inputs": {
+        "kind": "secant", "beta": 0.5, "gamma": 2.0, "lookahead": 0.5, "grid_aware": True,
+        "max_curvature_step": 2.0}},
+    "langevin": {"class_type": "FlowScopeSamplerLangevinPC", "inputs": {
+        "predictor": "heun", "corrector_steps": 1, "snr": 0.16}},
+    "ddim": {"class_type": "FlowScopeSamplerStochastic", "inputs": {"eta": 0.0, "s_noise": 1.0}},
+    "flow_sde": {"class_type": "FlowScopeSamplerStochastic", "inputs": {"eta": 1.0, "s_noise": 1.0}},
+}
+
+
+@pytest.mark.parametrize("model_name,scheduler", MODELS)
+def test_every_sampler_node_makes_digits_with_sampler_custom_advanced(comfy, digit_classifier, model_name,
+                                                                        scheduler):
+    accuracies = {}
+    for key, node in SAMPLER_NODES.items():
+        prompt = custom_sampler_prompt(model_name, node, digit=str(DIGIT), scheduler=scheduler,
+                                       prefix=f"sca_{model_name}_{key}")
+        pixels = generated_digits(comfy, prompt)
+        assert pixels.shape == (2, 3, 8, 8)
+        accuracies[key] = digit_classifier.accuracy(pixels, torch.full((2,), DIGIT))
+    assert all(accuracy >= 0.5 for accuracy in accuracies.values()), accuracies
+    assert sum(accuracies.values()) / len(accuracies) >= 0.85, accuracies
+
+
+@pytest.mark.parametrize("model_name", ["digits-flow", "digits-diffusion"])
+def test_schedule_nodes_and_dropdown_schedulers_make_digits(comfy, digit_classifier, model_name):
+    results = {}
+    for schedule in ("uniform", "sd3_shift", "flux_shift", "cosine", "linear_quadratic"):
+        sigmas_node = {"class_type": "FlowScopeScheduler", "inputs": {
+            "model": ["1", 0], "schedule": schedule, "steps": 12, "denoise": 1.0, "shift": 3.0, "width": 64,
+            "height": 64}}
+        if model_name == "digits-diffusion" and schedule in ("uniform", "sd3_shift", "flux_shift"):
+            continue  # uniform in σ_ve (or a flow-time shift) is not a sensible schedule for an EPS model
+        prompt = custom_sampler_prompt(model_name, SAMPLER_NODES["midpoint"], sigmas_node=sigmas_node,
+                                       prefix=f"sched_{model_name}_{schedule}")
+        results[schedule] = digit_classifier.accuracy(generated_digits(comfy, prompt), torch.full((2,), DIGIT))
+    for scheduler in ("fs_cosine", "fs_linear_quadratic") + (("fs_uniform",) if model_name == "digits-flow" else ()):
+        prompt = ksampler_prompt(model_name, digit=str(DIGIT), sampler="fs_heun", scheduler=scheduler,
+                                 prefix=f"dropdown_{model_name}_{scheduler}")
+        results[scheduler] = digit_classifier.accuracy(generated_digits(comfy, prompt), torch.full((2,), DIGIT))
+    assert all(accuracy >= 0.5 for accuracy in results.values()), results
+
+
+@pytest.mark.parametrize("model_name", ["digits-flow", "digits-diffusion"])
+def test_trajectory_adaptive_scheduler_runs_the_pilot_through_the_guider(comfy, digit_classifier, model_name):
+    sigmas_node = {"class_type": "FlowScopeTrajectoryAdaptiveScheduler", "inputs": {
+        "noise": ["13", 0], "guider": ["12", 0], "latent_image": ["4", 0], "steps": 8, "pilot_steps": 12,
+        "pilot_scheduler": "simple" if model_name == "digits-flow" else "karras", "sampler_order": 2}}
+    prompt = custom_sampler_prompt(model_name, SAMPLER_NODES["midpoint"], sigmas_node=sigmas_node,
+                                   prefix=f"adaptive_sched_{model_name}")
+    prompt["14"] = {"class_type": "PreviewAny", "inputs": {"source": ["11", 0]}}
+    history = comfy.run(prompt)
+    text = history["outputs"]["14"]["text"][0]
+    sigmas = [float(v) for v in text.replace("tensor(", "").replace("[", "").replace("])", "").replace(")", "")
+              .split(",") if v.strip()]
+    assert len(sigmas) == 9 and sigmas[-1] == 0 and all(a > b for a, b in zip(sigmas, sigmas[1:]))
+    pixels = images_to_latent_scale(comfy.output_images(history, "8"))
+    assert digit_classifier.accuracy(pixels, torch.full((2,), DIGIT)) >= 0.5
+
+
+def test_increasing_sigmas_give_a_clear_error_and_the_server_stays_up(comfy):
+    prompt = custom_sampler_prompt("digits-flow", SAMPLER_NODES["rk4"], prefix="flipped")
+    prompt["15"] = {"class_type": "FlipSigmas", "inputs": {"sigmas": ["11", 0]}}
+    prompt["5"]["inputs"]["sigmas"] = ["15", 0]
+    with pytest.raises(PromptFailed) as failure:
+        comfy.run(prompt)
+    message = error_messages(failure.value.history)[0]["exception_message"]
+    assert "fs_rk4" in message or "sample_rk" in message, message
+    assert "decreasing" in message, message
+    assert comfy.alive()
+    comfy.run(ksampler_prompt("digits-flow", sampler="fs_rk4", prefix="after_flip"))
+
+
+def test_zero_steps_is_rejected_by_validation(comfy):
+    prompt = custom_sampler_prompt("digits-flow", SAMPLER_NODES["rk4"], prefix="zero_steps", sigmas_node={
+        "class_type": "FlowScopeScheduler", "inputs": {"model": ["1", 0], "schedule": "uniform", "steps": 0,
+                                                       "denoise": 1.0, "shift": 3.0, "width": 64, "height": 64}})
+    with pytest.raises(PromptFailed) as failure:
+        comfy.queue(prompt)
+    assert "steps" in json.dumps(failure.value.history["node_errors"]["11"])
+
+
+def test_unreachable_tolerance_is_bounded_and_warned(comfy):
+    node = {"class_type": "FlowScopeSamplerAdaptive", "inputs": {
+        "method": "dopri5", "rtol": 1e-8, "atol": 1e-10, "error_norm": "per_sample", "max_nfe": 40,
+        "nfe_budget": 0}}
+    started = len(comfy.log())
+    pixels = generated_digits(comfy, custom_sampler_prompt("digits-flow", node, prefix="tight_tol"))
+    assert pixels.shape == (2, 3, 8, 8) and torch.isfinite(pixels).all()
+    new_log = comfy.log()[started:]
+    assert "max_nfe" in new_log, new_log[-3000:]
+
+
+def test_cancel_stops_sampling_within_one_step(comfy):
+    import websocket
+
+    client_id = uuid.uuid4().hex
+    socket = websocket.create_connection(f"ws://127.0.0.1:{comfy.port}/ws?clientId={client_id}", timeout=60)
+    prompt = ksampler_prompt("analytic", sampler="fs_rk4", steps=900, prefix="cancel", seed=11)
+    status, body = comfy.post("/prompt", {"prompt": prompt, "client_id": client_id})
+    assert status == 200
+    prompt_id = body["prompt_id"]
+    steps_seen, interrupted_at, finished = [], None, None
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        raw = socket.recv()
+        if not isinstance(raw, str):
+            continue
+        message = json.loads(raw)
+        data = message.get("data", {})
+        if data.get("prompt_id") not in (None, prompt_id):
+            continue
+        if message["type"] == "progress" and data.get("node") == "5":
+            steps_seen.append(data["value"])
+            if interrupted_at is None and data["value"] >= 3:
+                interrupted_at = data["value"]
+                threading.Thread(target=comfy.post, args=("/interrupt", {})).start()
+        if message["type"] in ("execution_interrupted", "execution_success", "execution_error"):
+            finished = message["type"]
+            break
+    socket.close()
+    assert finished == "execution_interrupted", (finished, steps_seen[-5:])
+    assert max(steps_seen) <= interrupted_at + 2, (interrupted_at, max(steps_seen))
+    assert comfy.alive()
