@@ -3,7 +3,8 @@
 Every sampler has the k-diffusion signature ``fn(model, x, sigmas, extra_args=None, callback=None,
 disable=None, **options)`` with ``model(x, sigma * s_in, **extra_args) → denoised``; ``SAMPLERS`` maps the
 registered names to them, ``SAMPLER_INFO`` gives order, NFE per step and one line of advice per name, and
-``SCHEDULES`` maps schedule names to ``fn(steps, sigma_max=..., sigma_min=..., **options)``.
+``SCHEDULES`` maps schedule names to ``fn(steps, sigma_max=..., sigma_min=..., **options)`` (advice in
+``SCHEDULE_INFO``; the model-dependent :func:`trajectory_adaptive_sigmas` is separate).
 All samplers accept ``data_end_sigma`` (flow models: the σ at which σ = 0 stages are evaluated, see
 :mod:`.common`) except the DDIM family, which never evaluates at σ = 0.
 """
@@ -13,7 +14,7 @@ from .multistep import adams_bashforth_weights, sample_adams_bashforth, sample_f
 from .optimizers import sample_gradient_estimation, sample_heavy_ball, sample_nesterov, sample_secant
 from .runge_kutta import (rk_step, sample_fs_euler, sample_fs_heun, sample_fs_midpoint, sample_fs_ralston,
                           sample_fs_rk3, sample_fs_rk4, sample_fs_rk38, sample_rk)
-from .schedules import SCHEDULES, trajectory_adaptive_sigmas
+from .schedules import SCHEDULE_INFO, SCHEDULES, trajectory_adaptive_sigmas
 from .step_control import PIController
 from .stochastic import sample_ddim, sample_flow_sde, sample_langevin_pc
 from .tableaux import TABLEAUX, ButcherTableau
@@ -45,11 +46,11 @@ SAMPLERS = {
 SAMPLER_INFO = {
     "fs_euler": dict(order=1, nfe_per_step="1", advice="Baseline; bit-identical to ComfyUI's euler."),
     "fs_heun": dict(order=2, nfe_per_step="2", advice="Second order including the last step on flow models."),
-    "fs_midpoint": dict(order=2, nfe_per_step="2", advice="Second order; often a smaller error than Heun."),
+    "fs_midpoint": dict(order=2, nfe_per_step="2", advice="Second order; Heun's cost, evaluates mid-step."),
     "fs_ralston": dict(order=2, nfe_per_step="2", advice="Second order with the minimal error bound of its family."),
     "fs_rk3": dict(order=3, nfe_per_step="3", advice="Kutta's third order; a middle ground."),
     "fs_rk4": dict(order=4, nfe_per_step="4", advice="Classic RK4; best accuracy per step at moderate NFE."),
-    "fs_rk38": dict(order=4, nfe_per_step="4", advice="3/8-rule RK4; similar to fs_rk4, smaller error constant."),
+    "fs_rk38": dict(order=4, nfe_per_step="4", advice="Kutta's 3/8-rule fourth order; an alternative to fs_rk4."),
     "fs_bosh3": dict(order=3, nfe_per_step="adaptive (3/step)",
                      advice="Adaptive 3(2); the σ grid only seeds the step size and sets preview points."),
     "fs_dopri5": dict(order=5, nfe_per_step="adaptive (6/step)",
@@ -63,8 +64,8 @@ SAMPLER_INFO = {
                         advice="Look-ahead evaluation; second order at lookahead = 1/2."),
     "fs_grad_est": dict(order=1, nfe_per_step="1",
                         advice="ComfyUI's gradient estimation (γ = 2); γ = 1.5 makes it second order (AB2)."),
-    "fs_secant": dict(order=1, nfe_per_step="1",
-                      advice="Secant curvature step length; second order on straight variable-speed paths."),
+    "fs_secant": dict(order=2, nfe_per_step="1",
+                      advice="Quasi-Newton: exponential AB2 with a secant curvature; variant='euler' is order 1."),
     "fs_langevin_pc": dict(order=1, nfe_per_step="1 + corrector_steps",
                            advice="Langevin corrections at every σ; fixes drift off the marginal, adds noise."),
     "fs_flow_sde": dict(order=1, nfe_per_step="1", advice="Stochastic flow sampling (DDIM-η); η = 1 posterior noise."),
@@ -72,7 +73,7 @@ SAMPLER_INFO = {
 }
 
 __all__ = [
-    "SAMPLERS", "SAMPLER_INFO", "SCHEDULES", "TABLEAUX", "ButcherTableau", "PIController", "rk_step",
+    "SAMPLERS", "SAMPLER_INFO", "SCHEDULES", "SCHEDULE_INFO", "TABLEAUX", "ButcherTableau", "PIController", "rk_step",
     "sample_rk", "sample_adaptive", "sample_adams_bashforth", "adams_bashforth_weights", "sample_heavy_ball",
     "sample_nesterov", "sample_gradient_estimation", "sample_secant", "sample_ddim", "sample_flow_sde",
     "sample_langevin_pc", "trajectory_adaptive_sigmas", "validate_sigmas", "validate_latent",

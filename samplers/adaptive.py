@@ -234,8 +234,8 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
     if final_denoise:
         if first is None:
             first = derivative(x, sigma)
+        emit_until(sigma, (sigma, x, first), (sigma, x, first))  # already emitted unless non-FSAL
         x = x + first.derivative * (0.0 - sigma)  # = D(x, σ): the first-order data-end step
-        emit_until(0.0, (sigma, x, first), (0.0, x, None))
     progress.close()
     summary = dict(nfe=derivative.nfe, accepted=accepted, rejected=rejected, fallback=fallback,
                    fixed_steps=fixed_steps, method=tableau.name, rtol=rtol, atol=atol)

@@ -29,15 +29,18 @@ class RKStep(NamedTuple):
     last: Optional[Evaluation]  # FSAL: the evaluation at (x_next, sigma_next), else None
 
 
-def _combine(x: torch.Tensor, terms) -> torch.Tensor:
-    """``x + Σ coefficient·k`` with zero coefficients skipped (one-term sums keep k-diffusion's bits)."""
+def _combine(x: Optional[torch.Tensor], terms) -> Optional[torch.Tensor]:
+    """``x + Σ coefficient·k`` with zero coefficients skipped (one-term sums keep k-diffusion's bits);
+    ``x=None`` returns the sum alone."""
     increment = None
     for coefficient, k in terms:
         if coefficient == 0.0:
             continue
         term = k * coefficient
         increment = term if increment is None else increment + term
-    return x if increment is None else x + increment
+    if x is None or increment is None:
+        return x if increment is None else increment
+    return x + increment
 
 
 def rk_step(derivative_fn: Callable, x: torch.Tensor, sigma: float, sigma_next: float,
@@ -72,8 +75,7 @@ def rk_step(derivative_fn: Callable, x: torch.Tensor, sigma: float, sigma_next: 
         last = None
     error = None
     if tableau.b_error is not None:
-        error = _combine(torch.zeros_like(x), ((h * e, ev.derivative)
-                                               for e, ev in zip(tableau.b_error, evaluations)))
+        error = _combine(None, ((h * e, ev.derivative) for e, ev in zip(tableau.b_error, evaluations)))
     return RKStep(x_next, error, evaluations, last)
 
 

@@ -18,7 +18,7 @@ from .tableaux import EULER, HEUN
 
 __all__ = ["validate_sigmas", "validate_latent", "uniform_sigmas", "sd3_shift", "shifted_sigmas",
            "flux_mu", "flux_shift", "flux_sigmas", "cosine_sigmas", "linear_quadratic_sigmas",
-           "karras_sigmas", "exponential_sigmas", "trajectory_adaptive_sigmas", "SCHEDULES"]
+           "karras_sigmas", "exponential_sigmas", "trajectory_adaptive_sigmas", "SCHEDULES", "SCHEDULE_INFO"]
 
 
 def _check_steps(steps, who):
@@ -214,6 +214,17 @@ SCHEDULES = {
     "linear_quadratic": linear_quadratic_sigmas,
     "karras": karras_sigmas,
     "exponential": exponential_sigmas,
+}
+
+
+SCHEDULE_INFO = {
+    "uniform": "Uniform in σ; the flow-matching default.",
+    "sd3_shift": "SD3 shift (shift=3): more steps at high noise, for SD3/SD3.5-type flow models.",
+    "flux_shift": "Flux resolution shift (μ from width/height): more high-noise steps for larger images.",
+    "cosine": "Cosine (Nichol & Dhariwal) in flow or VE time: dense at both ends.",
+    "linear_quadratic": "Movie Gen: slow linear start (θ = 0.025 over half the steps), then quadratic.",
+    "karras": "Karras ρ = 7 for VE/EPS models: dense near σ_min.",
+    "exponential": "Uniform in log σ for VE/EPS models.",
 }
 
 

@@ -50,9 +50,10 @@ def ddim_coefficients(sigma: float, sigma_next: float, eta: float, flow_model: b
 
 
 def _sample_ddim_eta(model, x, sigmas, extra_args, callback, disable, eta, flow_model, noise_sampler,
-                     s_noise, who):
+                     s_noise, data_end_sigma, who):
     grid = validate_sigmas(sigmas, who)
     validate_latent(x, who)
+    validate_data_end_sigma(data_end_sigma, who)
     _check_family(grid, flow_model, who)
     eta = check_range(eta, 0.0, 1.0, who, "eta")
     derivative = ModelDerivative(model, x, sigmas, extra_args)
@@ -69,23 +70,24 @@ def _sample_ddim_eta(model, x, sigmas, extra_args, callback, disable, eta, flow_
 
 
 def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, flow_model=True, eta=0.0,
-                noise_sampler=None, s_noise=1.0):
+                noise_sampler=None, s_noise=1.0, data_end_sigma=None):
     """DDIM data-prediction steps (Song, Meng & Ermon 2021): ``x' = a'D + σ'ε̂`` (η = 0, deterministic,
     = Euler, order 1, 1 NFE/step); η > 0 adds marginal-preserving noise (see module docstring).
-    ``flow_model``: True for flow/CONST models (a = 1 − σ), False for VE/EPS/V models (a = 1)."""
+    ``flow_model``: True for flow/CONST models (a = 1 − σ), False for VE/EPS/V models (a = 1).
+    ``data_end_sigma`` is accepted for a uniform interface and unused: the step to σ' = 0 returns D."""
     return _sample_ddim_eta(model, x, sigmas, extra_args, callback, disable, eta, flow_model, noise_sampler,
-                            s_noise, "fs_ddim")
+                            s_noise, data_end_sigma, "fs_ddim")
 
 
 def sample_flow_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, flow_model=True,
-                    noise_sampler=None, s_noise=1.0):
+                    noise_sampler=None, s_noise=1.0, data_end_sigma=None):
     """Stochastic flow sampling with marginal-preserving noise: the DDIM-η step on the rectified-flow path
     ``x' = (1−σ')D + √(σ'² − s²)ε̂ + s z``, ``s = ησ'√(1 − (σ'(1−σ)/(σ(1−σ')))²)`` (Song et al. 2021 applied to
     ``x_σ = (1−σ)x0 + σε``; derivation in the module docstring). η = 1: the posterior (DDPM-like) noise;
     η = 0: DDIM/Euler. 1 NFE/step; weak order 1. ``flow_model=False`` gives k-diffusion's ancestral step
-    for VE models."""
+    for VE models. ``data_end_sigma`` is accepted and unused (the last step returns D)."""
     return _sample_ddim_eta(model, x, sigmas, extra_args, callback, disable, eta, flow_model, noise_sampler,
-                            s_noise, "fs_flow_sde")
+                            s_noise, data_end_sigma, "fs_flow_sde")
 
 
 def sample_langevin_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, predictor="euler",

@@ -60,3 +60,28 @@ def with_saved_latent(prompt: dict, prefix: str) -> dict:
     prompt = dict(prompt)
     prompt["9"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"latents/{prefix}"}}
     return prompt
+
+
+def recording_prompt(model_name: str, sampler_name: str = "euler", steps: int = 12, scheduler: str = "simple",
+                     batch: int = 2, cfg: float = 2.5, seed: int = 0, digit: str = "5", prefix: str = "rec",
+                     sampler_node: dict | None = None) -> dict:
+    """Demo model → FlowScopeRecordSampling (node "5") with KSamplerSelect, plus diagnostics 20–24."""
+    prompt = custom_sampler_prompt(model_name, sampler_node or {"class_type": "KSamplerSelect",
+                                                                "inputs": {"sampler_name": sampler_name}},
+                                   digit=digit, batch=batch, cfg=cfg, steps=steps, scheduler=scheduler, seed=seed,
+                                   prefix=prefix)
+    prompt["5"] = {"class_type": "FlowScopeRecordSampling", "inputs": {
+        **prompt["5"]["inputs"], "label": "", "record_latents": False, "max_latents": 64}}
+    return prompt
+
+
+def with_diagnostics(prompt: dict, prefix: str) -> dict:
+    prompt = dict(prompt)
+    prompt["20"] = {"class_type": "FlowScopeVelocityNormPlot", "inputs": {
+        "trajectory": ["5", 2], "per_sample": True, "log_y": False}}
+    prompt["21"] = {"class_type": "FlowScopeStraightnessMeter", "inputs": {"trajectory": ["5", 2]}}
+    prompt["22"] = {"class_type": "FlowScopeStepErrorMeter", "inputs": {"trajectory": ["5", 2]}}
+    prompt["23"] = {"class_type": "FlowScopeExportTrajectory", "inputs": {
+        "trajectory": ["5", 2], "filename_prefix": f"flowscope/{prefix}"}}
+    prompt["24"] = {"class_type": "SaveImage", "inputs": {"images": ["20", 0], "filename_prefix": f"{prefix}_chart"}}
+    return prompt

@@ -20,8 +20,8 @@ def test_reference_is_converged(problem):
                                            ("rk3", 3), ("rk4", 4), ("rk38", 4), ("bosh3", 3)])
 def test_measured_order_matches_theory(problem, method, order):
     """Endpoint RMS error against the reference for 16–128 uniform steps on σ ∈ [1, 0] (data_end_sigma =
-    1e-8); measured (regression) orders at the time of writing: euler 0.99, heun 1.90, midpoint 1.91,
-    ralston 1.91, rk3 3.13, rk4 3.94, rk38 4.24, bosh3 2.98."""
+    1e-8); measured (regression) orders at the time of writing: euler 0.99, heun 1.82, midpoint 1.84,
+    ralston 1.84, rk3 2.96, rk4 3.84, rk38 3.87, bosh3 (its 3rd-order weights, fixed steps) 2.82."""
     def run(model, x, sigmas):
         return sample_rk(model, x, sigmas, method=method, data_end_sigma=DATA_END_SIGMA, disable=True)
 
@@ -31,7 +31,7 @@ def test_measured_order_matches_theory(problem, method, order):
 
 def test_data_end_sigma_keeps_rk4_at_full_order(problem):
     """Without data_end_sigma the last step is the Euler/denoised step (local error O(h²)), which caps RK4
-    at global order ≈ 2; with it RK4 is 4th order including the last step."""
+    at global order ≈ 2 (measured 2.04); with it RK4 is 4th order including the last step (3.84)."""
     def run_without(model, x, sigmas):
         return sample_rk(model, x, sigmas, method="rk4", disable=True)
 
@@ -65,7 +65,10 @@ def test_nfe_and_never_sigma_zero(problem, method, stages):
     sample_rk(counting, problem.noise, uniform(5), method=method, data_end_sigma=1e-4, disable=True)
     expected = 5 * stages + (1 if method == "dopri5" else 0)  # FSAL: 7 stages, 6 after the first step
     assert len(counting.sigmas) == expected
-    assert min(counting.sigmas) == pytest.approx(1e-4) if method != "euler" else min(counting.sigmas) > 0
+    if method == "euler":
+        assert min(counting.sigmas) > 0  # Euler never evaluates at the end of a step
+    else:
+        assert min(counting.sigmas) == pytest.approx(1e-4)  # σ = 0 stages run at data_end_sigma
     counting = CountingModel(problem.model)
     sample_rk(counting, problem.noise, uniform(5), method=method, disable=True)
     assert min(counting.sigmas) > 0.1  # no data_end_sigma: the last step reuses the first evaluation

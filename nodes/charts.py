@@ -1,0 +1,88 @@
+"""Charts of the diagnostic nodes: one JSON-able payload drawn twice — server-side as an IMAGE (matplotlib,
+so it works through the API, PreviewImage and SaveImage) and in the node by web/js/flowscope_charts.js.
+
+Payload: ``{"title", "x_label", "y_label", "x_log", "y_log", "x_reversed", "parameterization",
+"series": [{"name", "x", "y", "style": "line"|"points"|"bars"}], "notes": [str]}``; non-finite values are
+sent as null and skipped by both renderers.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+          "#bcbd22"]
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def series(name: str, x, y, style: str = "line") -> dict:
+    x = x.tolist() if hasattr(x, "tolist") else list(x)
+    y = y.tolist() if hasattr(y, "tolist") else list(y)
+    if len(x) != len(y):
+        raise ValueError(f"series {name!r}: {len(x)} x values but {len(y)} y values")
+    return {"name": name, "x": [_finite_or_none(v) for v in x], "y": [_finite_or_none(v) for v in y],
+            "style": style}
+
+
+def chart(title: str, x_label: str, y_label: str, series_list: list, x_log=False, y_log=False,
+          x_reversed=False, parameterization="", notes=()) -> dict:
+    return {"title": title, "x_label": x_label, "y_label": y_label, "x_log": bool(x_log), "y_log": bool(y_log),
+            "x_reversed": bool(x_reversed), "parameterization": parameterization, "series": list(series_list),
+            "notes": [str(note) for note in notes]}
+
+
+def finite_points(payload: dict) -> int:
+    return sum(1 for s in payload["series"] for x, y in zip(s["x"], s["y"]) if x is not None and y is not None)
+
+
+def render(payload: dict, width: int = 800, height: int = 500) -> torch.Tensor:
+    """Draw a payload with matplotlib (Agg) → ComfyUI IMAGE [1, H, W, 3] in [0, 1]."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width / 100, height / 100), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    drawn = 0
+    for index, entry in enumerate(payload["series"]):
+        pairs = [(x, y) for x, y in zip(entry["x"], entry["y"]) if x is not None and y is not None
+                 and (not payload["y_log"] or y > 0) and (not payload["x_log"] or x > 0)]
+        if not pairs:
+            continue
+        xs, ys = zip(*pairs)
+        color = COLORS[index % len(COLORS)]
+        if entry.get("style") == "points":
+            axes.plot(xs, ys, "o", markersize=3, color=color, label=entry["name"])
+        elif entry.get("style") == "bars":
+            widths = np.abs(np.diff(xs)).min() * 0.8 if len(xs) > 1 else 0.01
+            axes.bar(xs, ys, width=widths, color=color, alpha=0.6, label=entry["name"])
+        else:
+            axes.plot(xs, ys, "-", linewidth=1.6, color=color, label=entry["name"])
+        drawn += len(pairs)
+    if payload["x_log"]:
+        axes.set_xscale("log")
+    if payload["y_log"]:
+        axes.set_yscale("log")
+    if payload["x_reversed"]:
+        axes.invert_xaxis()
+    axes.set_title(payload["title"])
+    axes.set_xlabel(payload["x_label"])
+    axes.set_ylabel(payload["y_label"])
+    axes.grid(True, alpha=0.3)
+    if drawn:
+        axes.legend(fontsize=8, loc="best")
+    else:
+        axes.text(0.5, 0.5, "no finite data to plot", ha="center", va="center", transform=axes.transAxes)
+    footer = [payload["parameterization"]] + payload["notes"] if payload["parameterization"] else payload["notes"]
+    if footer:
+        figure.text(0.01, 0.01, "\n".join(footer[:6]), fontsize=7, va="bottom", family="monospace")
+        figure.subplots_adjust(bottom=0.12 + 0.025 * min(len(footer), 6))
+    figure.canvas.draw()
+    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].astype(np.float32) / 255.0
+    return torch.from_numpy(pixels.copy())[None]

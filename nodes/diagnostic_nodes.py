@@ -1,0 +1,329 @@
+"""Diagnostic nodes: record a sampling trajectory, then plot velocity norms, measure straightness and step
+error, and export the statistics. The numerics live in samplers/trajectory.py; charts in nodes/charts.py."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.sample
+import comfy.utils
+import folder_paths
+import latent_preview
+import torch
+
+from ..samplers.trajectory import Trajectory, TrajectoryRecorder, straightness
+from . import charts
+from .comfy_io import TrajectoryType, io
+from .comfy_sampling import is_flow_model
+
+CATEGORY = "FlowScope/diagnostics"
+RECORDER_KEY = "flowscope_trajectory_recorder"
+T_LABEL = "t (flow time: 1 = noise, 0 = data)"
+
+
+def sampler_label(sampler) -> str:
+    function = getattr(sampler, "sampler_function", None)
+    name = getattr(function, "__name__", type(sampler).__name__)
+    return name.removeprefix("sample_")
+
+
+def record_sampling(guider, sampler, sigmas, latent_image: dict, noise, label: str = "",
+                    record_latents: bool = False, max_latents: int = 64, preview: bool = True):
+    """Run ``guider.sample`` exactly as SamplerCustomAdvanced does, with a recorder attached through
+    ComfyUI's wrapper mechanism (predict-noise: every model call; sampler-sample: the sampler's own output).
+    Returns (samples, denoised_or_None, Trajectory)."""
+    latent = latent_image.copy()
+    samples_in = comfy.sample.fix_empty_latent_channels(guider.model_patcher, latent["samples"])
+    latent["samples"] = samples_in
+    model_sampling = guider.model_patcher.get_model_object("model_sampling")
+    flow = is_flow_model(model_sampling)
+    recorder = TrajectoryRecorder(flow, sigmas, label=label or sampler_label(sampler),
+                                  record_latents=record_latents, max_latents=max_latents)
+    sampler_output = {}
+    x0_output = {}
+    preview_callback = (latent_preview.prepare_callback(guider.model_patcher, sigmas.shape[-1] - 1, x0_output)
+                        if preview else None)
+
+    def callback(step, denoised, x, total_steps):
+        recorder.on_step(step, x, denoised)
+        if preview_callback is not None:
+            preview_callback(step, denoised, x, total_steps)
+
+    def record_model_call(executor, x, timestep, model_options, seed):
+        denoised = executor(x, timestep, model_options, seed)
+        recorder.on_model_call(x, timestep, denoised)
+        return denoised
+
+    def capture_sampler_output(executor, *args, **kwargs):
+        sampler_output["x"] = executor(*args, **kwargs)
+        return sampler_output["x"]
+
+    original_options = guider.model_options
+    guider.model_options = comfy.model_patcher.create_model_options_clone(original_options)
+    wrappers = comfy.patcher_extension.WrappersMP
+    comfy.patcher_extension.add_wrapper_with_key(wrappers.PREDICT_NOISE, RECORDER_KEY, record_model_call,
+                                                 guider.model_options, is_model_options=True)
+    comfy.patcher_extension.add_wrapper_with_key(wrappers.SAMPLER_SAMPLE, RECORDER_KEY, capture_sampler_output,
+                                                 guider.model_options, is_model_options=True)
+    try:
+        samples = guider.sample(noise.generate_noise(latent), samples_in, sampler, sigmas,
+                                denoise_mask=latent.get("noise_mask"), callback=callback,
+                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=noise.seed)
+    finally:
+        guider.model_options = original_options
+    trajectory = recorder.finish(sampler_output.get("x", samples))
+    trajectory.extra["sigmas"] = [float(s) for s in sigmas.tolist()]
+    samples = samples.to(comfy.model_management.intermediate_device())
+    denoised = None
+    if "x0" in x0_output:
+        denoised = guider.model_patcher.model.process_latent_out(x0_output["x0"].cpu())
+    return samples, denoised, trajectory
+
+
+class RecordSampling(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlowScopeRecordSampling", display_name="FlowScope · Sample & Record Trajectory",
+            category=CATEGORY,
+            description="Samples exactly like SamplerCustomAdvanced (any sampler: built-in, FlowScope or "
+                        "third-party; the output is bit-identical) and records the trajectory at model-call "
+                        "granularity. By default only per-call scalars are kept (a few KB per step).",
+            inputs=[io.Noise.Input("noise"), io.Guider.Input("guider"), io.Sampler.Input("sampler"),
+                    io.Sigmas.Input("sigmas"), io.Latent.Input("latent_image"),
+                    io.String.Input("label", default="", tooltip="Name in charts; empty = the sampler's name."),
+                    io.Boolean.Input("record_latents", default=False,
+                                     tooltip="Also keep the latent at every step (memory: steps × latent)."),
+                    io.Int.Input("max_latents", default=64, min=1, max=10000,
+                                 tooltip="Cap on stored latents when record_latents is on.")],
+            outputs=[io.Latent.Output(display_name="output"), io.Latent.Output(display_name="denoised_output"),
+                     TrajectoryType.Output(display_name="trajectory")])
+
+    @classmethod
+    def execute(cls, noise, guider, sampler, sigmas, latent_image, label, record_latents,
+                max_latents) -> io.NodeOutput:
+        samples, denoised, trajectory = record_sampling(guider, sampler, sigmas, latent_image, noise, label,
+                                                        record_latents, max_latents)
+        out = latent_image.copy()
+        out["samples"] = samples
+        out_denoised = out
+        if denoised is not None:
+            out_denoised = latent_image.copy()
+            out_denoised["samples"] = denoised
+        return io.NodeOutput(out, out_denoised, trajectory)
+
+
+def _trajectories(who: str, *candidates) -> list[Trajectory]:
+    found = [t for t in candidates if t is not None]
+    for index, trajectory in enumerate(found):
+        if not isinstance(trajectory, Trajectory):
+            raise ValueError(f"{who}, input {index + 1}: expected a FlowScope trajectory, got "
+                             f"{type(trajectory).__name__}")
+        trajectory.validate(who)
+    return found
+
+
+def _status_notes(trajectories) -> list[str]:
+    notes = []
+    for trajectory in trajectories:
+        if trajectory.status != "complete":
+            notes.append(f"warning: '{trajectory.label}' is {trajectory.status} (partial path)")
+        non_finite = int((~torch.isfinite(trajectory.call_velocity_rms)).sum())
+        if non_finite:
+            notes.append(f"warning: '{trajectory.label}' has {non_finite} non-finite velocity values (skipped)")
+    return notes
+
+
+def _parameterization(trajectories) -> str:
+    kinds = sorted({t.parameterization for t in trajectories})
+    if kinds == ["flow"]:
+        return "parameterization: flow time t = σ (flow model)"
+    return ("parameterization: common flow time; diffusion (VE) runs converted with t = σ/(1+σ), "
+            "x_flow = x/(1+σ)" + (" — flow and diffusion overlaid" if len(kinds) > 1 else ""))
+
+
+def _ui(payload) -> dict:
+    return {"flowscope_chart": [payload]}
+
+
+TRAJECTORY_INPUTS = [TrajectoryType.Input("trajectory"),
+                     TrajectoryType.Input("trajectory_2", optional=True),
+                     TrajectoryType.Input("trajectory_3", optional=True),
+                     TrajectoryType.Input("trajectory_4", optional=True)]
+
+
+class VelocityNormPlot(io.ComfyNode):
+    NAME = "FlowScope · Velocity Norm Plot"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlowScopeVelocityNormPlot", display_name=cls.NAME, category=CATEGORY, is_output_node=True,
+            description="‖v‖/√d of every model call against flow time t (batch mean, optionally per sample), for "
+                        "up to four trajectories overlaid. Flow and diffusion runs share one axis.",
+            inputs=[*TRAJECTORY_INPUTS,
+                    io.Boolean.Input("per_sample", default=False, tooltip="Also draw each sample of the batch."),
+                    io.Boolean.Input("log_y", default=False, tooltip="Initial y scale (the in-node chart can toggle).")],
+            outputs=[io.Image.Output(display_name="chart")])
+
+    @classmethod
+    def execute(cls, trajectory, per_sample, log_y, trajectory_2=None, trajectory_3=None,
+                trajectory_4=None) -> io.NodeOutput:
+        found = _trajectories(cls.NAME, trajectory, trajectory_2, trajectory_3, trajectory_4)
+        series_list = []
+        for item in found:
+            order = torch.argsort(item.call_t.mean(1), descending=True)
+            t = item.call_t.mean(1)[order]
+            series_list.append(charts.series(f"{item.label} (mean)", t, item.call_velocity_rms.mean(1)[order]))
+            if per_sample and item.batch > 1:
+                for b in range(item.batch):
+                    series_list.append(charts.series(f"{item.label} #{b}", item.call_t[order, b],
+                                                     item.call_velocity_rms[order, b], style="points"))
+        notes = [f"{t.label}: {t.nfe} model calls, {t.steps} steps, batch {t.batch}, d = {t.dim}" for t in found]
+        payload = charts.chart("Velocity norm along the trajectory", T_LABEL, "‖v‖ / √d", series_list,
+                               y_log=log_y, x_reversed=True, parameterization=_parameterization(found),
+                               notes=notes + _status_notes(found))
+        return io.NodeOutput(charts.render(payload), ui=_ui(payload))
+
+
+class StraightnessMeter(io.ComfyNode):
+    NAME = "FlowScope · Straightness Meter"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlowScopeStraightnessMeter", display_name=cls.NAME, category=CATEGORY, is_output_node=True,
+            description="Rectified-flow straightness S = Σ Δt‖v_i − c/T‖², relative S/(‖c‖²/T), path length over "
+                        "chord L/C, total turning angle, kinetic energy and transport efficiency (‖c‖²/T)/KE of the "
+                        "first trajectory; the chart shows each step's contribution to S for all inputs.",
+            inputs=[TrajectoryType.Input("trajectory"), TrajectoryType.Input("trajectory_2", optional=True)],
+            outputs=[io.Image.Output(display_name="chart"), io.Float.Output(display_name="straightness"),
+                     io.Float.Output(display_name="relative_straightness"),
+                     io.Float.Output(display_name="path_over_chord"), io.Float.Output(display_name="turning_angle"),
+                     io.Float.Output(display_name="kinetic_energy"),
+                     io.Float.Output(display_name="transport_efficiency"), io.String.Output(display_name="summary")])
+
+    @classmethod
+    def execute(cls, trajectory, trajectory_2=None) -> io.NodeOutput:
+        found = _trajectories(cls.NAME, trajectory, trajectory_2)
+        stats = [straightness(t) for t in found]
+        lines = [f"{t.label}: S = {s['straightness']:.4g}, S/(|c|²/T) = {s['relative_straightness']:.4g}, "
+                 f"L/C = {s['path_over_chord']:.4f}, turning = {s['turning_angle']:.3f} rad, "
+                 f"KE = {s['kinetic_energy']:.4g}, efficiency = {s['transport_efficiency']:.4f}"
+                 for t, s in zip(found, stats)]
+        series_list = [charts.series(f"{t.label}: step contribution to S", t.t[:-1], s["per_step_contribution"],
+                                     style="line") for t, s in zip(found, stats)]
+        payload = charts.chart("Straightness: contribution of each step", T_LABEL, "Δt·(‖v_i‖² − ‖c‖²/T²)/d",
+                               series_list, x_reversed=True, parameterization=_parameterization(found),
+                               notes=lines + _status_notes(found))
+        first = stats[0]
+        return io.NodeOutput(charts.render(payload), first["straightness"], first["relative_straightness"],
+                             first["path_over_chord"], first["turning_angle"], first["kinetic_energy"],
+                             first["transport_efficiency"], "\n".join(lines), ui=_ui(payload))
+
+
+class StepErrorMeter(io.ComfyNode):
+    NAME = "FlowScope · Step Error Meter"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlowScopeStepErrorMeter", display_name=cls.NAME, category=CATEGORY, is_output_node=True,
+            description="Per-step local error estimates (Heun–Euler difference of the step-start velocities, "
+                        "(Δt/2)·‖v_{i+1} − v_i‖/√d) and NFE accounting (model calls per step).",
+            inputs=[*TRAJECTORY_INPUTS[:2]],
+            outputs=[io.Image.Output(display_name="chart"), io.Int.Output(display_name="nfe"),
+                     io.Float.Output(display_name="mean_local_error"), io.String.Output(display_name="summary")])
+
+    @classmethod
+    def execute(cls, trajectory, trajectory_2=None) -> io.NodeOutput:
+        found = _trajectories(cls.NAME, trajectory, trajectory_2)
+        series_list, lines = [], []
+        for item in found:
+            error = item.local_error.mean(1)
+            series_list.append(charts.series(f"{item.label}: local error", item.t[:len(error)], error))
+            calls_per_step = torch.bincount(item.call_step, minlength=item.steps + 1)[:item.steps]
+            lines.append(f"{item.label}: NFE {item.nfe} over {item.steps} steps "
+                         f"(per step min {int(calls_per_step.min())}, max {int(calls_per_step.max())}), "
+                         f"mean local error {float(error.nanmean()) if error.numel() else float('nan'):.3g}")
+        payload = charts.chart("Local error per step (Heun–Euler estimate)", T_LABEL, "error / √d", series_list,
+                               y_log=True, x_reversed=True, parameterization=_parameterization(found),
+                               notes=lines + _status_notes(found))
+        first_error = found[0].local_error.mean(1)
+        mean_error = float(first_error.nanmean()) if first_error.numel() else float("nan")
+        return io.NodeOutput(charts.render(payload), found[0].nfe, mean_error, "\n".join(lines), ui=_ui(payload))
+
+
+def trajectory_rows(trajectory: Trajectory) -> list[dict]:
+    """One CSV row per step (batch means)."""
+    rows = []
+    for i in range(trajectory.steps):
+        rows.append({
+            "step": i, "sigma": float(trajectory.sigma[i]), "t": float(trajectory.t[i]),
+            "t_next": float(trajectory.t[i + 1]),
+            "velocity_rms": float(trajectory.step_velocity_rms[i].mean()) if i < len(trajectory.step_velocity_rms)
+            else "",
+            "secant_velocity_sq": float(trajectory.secant_sq[i].mean()),
+            "segment_length": float(trajectory.segment_length[i].mean()),
+            "local_error": float(trajectory.local_error[i].mean()) if i < len(trajectory.local_error) else "",
+            "model_calls": int((trajectory.call_step == i).sum()),
+        })
+    return rows
+
+
+def trajectory_json(trajectory: Trajectory) -> dict:
+    stats = straightness(trajectory)
+    return {
+        "label": trajectory.label, "parameterization": trajectory.parameterization, "status": trajectory.status,
+        "dim": trajectory.dim, "batch": trajectory.batch, "steps": trajectory.steps, "nfe": trajectory.nfe,
+        "statistics": stats, "sigma": trajectory.sigma.tolist(), "t": trajectory.t.tolist(),
+        "per_step": trajectory_rows(trajectory),
+        "per_call": {"t": trajectory.call_t.tolist(), "velocity_rms": trajectory.call_velocity_rms.tolist(),
+                     "x0_drift_rms": trajectory.call_x0_drift_rms.tolist(), "step": trajectory.call_step.tolist()},
+        "extra": trajectory.extra,
+    }
+
+
+class ExportTrajectory(io.ComfyNode):
+    NAME = "FlowScope · Export Trajectory"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlowScopeExportTrajectory", display_name=cls.NAME, category=CATEGORY, is_output_node=True,
+            description="Writes the trajectory statistics as JSON and a per-step CSV into ComfyUI's output folder "
+                        "(and the recorded latents as .safetensors when there are any).",
+            inputs=[TrajectoryType.Input("trajectory"),
+                    io.String.Input("filename_prefix", default="flowscope/trajectory")],
+            outputs=[io.String.Output(display_name="json_path")])
+
+    @classmethod
+    def execute(cls, trajectory, filename_prefix) -> io.NodeOutput:
+        (found,) = _trajectories(cls.NAME, trajectory)
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory())
+        stem = os.path.join(folder, f"{name}_{counter:05}_")
+        with open(stem + ".json", "w") as handle:
+            json.dump(trajectory_json(found), handle, indent=1)
+        rows = trajectory_rows(found)
+        with open(stem + ".csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        files = [stem + ".json", stem + ".csv"]
+        if found.latents:
+            from safetensors.torch import save_file
+
+            save_file({f"step_{i:04d}": latent.contiguous() for i, (_, latent) in enumerate(found.latents)},
+                      stem + "_latents.safetensors",
+                      metadata={"t": json.dumps([t for t, _ in found.latents])})
+            files.append(stem + "_latents.safetensors")
+        names = [os.path.join(subfolder, os.path.basename(f)) for f in files]
+        return io.NodeOutput(stem + ".json", ui={"text": ["\n".join(names)], "flowscope_files": names})
+
+
+NODES = [RecordSampling, VelocityNormPlot, StraightnessMeter, StepErrorMeter, ExportTrajectory]

@@ -1,0 +1,235 @@
+"""Trajectory recording and path statistics (pure torch).
+
+A :class:`TrajectoryRecorder` is fed by two hooks that exist for *every* ComfyUI sampler: each model call
+(x, σ, denoised) and each step callback (i, x, denoised). It never changes a tensor it is given, so sampling
+with and without recording is bit-identical. By default it keeps only per-call / per-step scalars, as
+device tensors, plus five latent-sized buffers (start point, previous point, previous secant velocity,
+previous step-start velocity, previous denoised); they are copied to the host once, in :meth:`finish`.
+
+Common parameterization (MISSION.md): flow models are recorded as they are (``t = σ``); VE models
+(EPS/V/EDM in ComfyUI's sampler space, ``x = x0 + σ_ve ε``) are converted to flow time
+``t = σ/(1+σ)``, ``x_flow = x/(1+σ)``, so both families share ``v = dx_flow/dt = (x_flow − D)/t``.
+
+Statistics on the recorded points ``x_0..x_N`` at ``t_0 > … > t_N`` (``Δt_i = t_i − t_{i+1}``, secant
+velocity ``v_i = (x_i − x_{i+1})/Δt_i``, chord ``c = x_0 − x_N``, span ``T = Σ Δt_i``), all squared norms
+taken per dimension (divided by d) so figures do not depend on the resolution:
+kinetic energy ``KE = Σ Δt_i ‖v_i‖²``; rectified-flow straightness (Liu et al. 2022)
+``S = Σ Δt_i ‖v_i − c/T‖² = KE − ‖c‖²/T`` (= KE − ‖c‖² on [0, 1]); relative straightness
+``S/(‖c‖²/T)`` (batch: ratio of means); transport efficiency ``(‖c‖²/T)/KE`` ∈ (0, 1];
+path length over chord ``L/C = Σ‖x_i − x_{i+1}‖/‖c‖``; total turning angle ``Σ arccos cos(v_i, v_{i+1})``.
+The per-step local error estimate is the Heun–Euler difference
+``e_i = (Δt_i/2)·‖v(x_{i+1}) − v(x_i)‖`` of the velocities the sampler evaluated at the step starts.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+DEFAULT_MAX_LATENTS = 64
+
+
+def flatten_batch(x: torch.Tensor) -> torch.Tensor:
+    """[B, ...] (or a nested tensor of several [B, ...] latents) → [B, features]."""
+    if getattr(x, "is_nested", False):
+        return torch.cat([part.reshape(part.shape[0], -1) for part in x.unbind()], dim=1)
+    return x.reshape(x.shape[0], -1)
+
+
+def _rms(flat: torch.Tensor) -> torch.Tensor:
+    return flat.float().pow(2).mean(dim=1).sqrt()
+
+
+@dataclass
+class Trajectory:
+    """A finished recording (host tensors, float64). Per-step arrays have N = steps rows, per-call M rows."""
+    parameterization: str  # "flow" or "ve→flow"
+    label: str
+    dim: int
+    batch: int
+    status: str  # "complete" or "interrupted"
+    t: torch.Tensor  # [N+1] flow time of the recorded points
+    sigma: torch.Tensor  # [N+1] the sampler's own σ
+    step_velocity_rms: torch.Tensor  # [N, B] ‖v‖/√d evaluated at each step start
+    secant_sq: torch.Tensor  # [N, B] ‖v_i‖²/d of the secant velocity
+    segment_length: torch.Tensor  # [N, B] ‖x_i − x_{i+1}‖/√d
+    turn_cos: torch.Tensor  # [N−1, B] cos between consecutive secant velocities
+    local_error: torch.Tensor  # [N−1, B] Heun–Euler local error estimate of step i (per √d)
+    chord_sq: torch.Tensor  # [B] ‖c‖²/d
+    call_t: torch.Tensor  # [M, B]
+    call_velocity_rms: torch.Tensor  # [M, B]
+    call_x0_drift_rms: torch.Tensor  # [M, B] ‖D_k − D_{k−1}‖/√d (0 for the first call)
+    call_step: torch.Tensor  # [M] step index during which the call happened
+    latents: list = field(default_factory=list)  # [(t, x_flow tensor)] when recorded
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return int(self.secant_sq.shape[0])
+
+    @property
+    def nfe(self) -> int:
+        return int(self.call_step.shape[0])
+
+    def validate(self, who: str) -> None:
+        if self.steps < 1:
+            raise ValueError(f"{who}: the trajectory '{self.label}' has no completed step "
+                             f"(status {self.status}); record a sampling run with at least one step")
+
+
+def straightness(trajectory: Trajectory) -> dict:
+    """Path statistics per sample (lists) and aggregated over the batch (see the module docstring)."""
+    dt = (trajectory.t[:-1] - trajectory.t[1:])[:, None]
+    span = float(dt.sum())
+    kinetic = (dt * trajectory.secant_sq).sum(0)
+    chord_energy = trajectory.chord_sq / span
+    straight = kinetic - chord_energy
+    path_length = trajectory.segment_length.sum(0)
+    chord_length = trajectory.chord_sq.sqrt()
+    turning = torch.arccos(trajectory.turn_cos.clamp(-1.0, 1.0)).nansum(0)
+    per_step = dt * trajectory.secant_sq - dt * chord_energy[None]  # contributions to S (sum = S)
+
+    def mean(t):
+        return float(t.mean())
+
+    return {
+        "kinetic_energy": mean(kinetic),
+        "straightness": mean(straight),
+        "relative_straightness": mean(straight) / max(mean(chord_energy), 1e-300),
+        "transport_efficiency": mean(chord_energy) / max(mean(kinetic), 1e-300),
+        "path_over_chord": mean(path_length) / max(mean(chord_length), 1e-300),
+        "turning_angle": mean(turning),
+        "chord_sq": mean(trajectory.chord_sq),
+        "span": span,
+        "per_sample": {"kinetic_energy": kinetic.tolist(), "straightness": straight.tolist(),
+                       "path_over_chord": (path_length / chord_length.clamp_min(1e-300)).tolist(),
+                       "turning_angle": turning.tolist()},
+        "per_step_contribution": per_step.mean(1).tolist(),
+    }
+
+
+class TrajectoryRecorder:
+    """Feed with :meth:`on_model_call` and :meth:`on_step`, close with :meth:`finish`."""
+
+    def __init__(self, flow: bool, sigmas, label: str = "", record_latents: bool = False,
+                 max_latents: int = DEFAULT_MAX_LATENTS):
+        self.flow = flow
+        self.sigmas = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
+        self.label = label
+        self.record_latents = record_latents
+        self.max_latents = max_latents
+        self.calls_t, self.calls_velocity, self.calls_drift, self.calls_step = [], [], [], []
+        self.step_velocity, self.secant_sq, self.segment, self.turn, self.error = [], [], [], [], []
+        self.point_sigma: list[torch.Tensor] = []  # 0-d device tensors: no host sync while sampling
+        self.latents = []
+        self._recent_calls = deque(maxlen=8)  # (id, data_ptr, σ) of recent denoised outputs
+        self.current_step = 0
+        self._start = self._point = self._secant = self._step_velocity = self._denoised = None
+        self._dim = self._batch = None
+        self._sigma_grid = None
+
+    # -- conversions --------------------------------------------------------------------------------
+    def _t(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma if self.flow else sigma / (1 + sigma)
+
+    def _flow_point(self, x: torch.Tensor, sigma: torch.Tensor):
+        """(x_flow [B, d], t) for a point; sigma a 0-d or [B] tensor."""
+        flat = flatten_batch(x)
+        if not self.flow:
+            flat = flat / (1 + sigma).reshape(-1, 1)
+        return flat, self._t(sigma)
+
+    def _velocity(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        flat, t = self._flow_point(x, sigma)
+        return (flat - flatten_batch(denoised)) / t.reshape(-1, 1)
+
+    # -- hooks ----------------------------------------------------------------------------------------
+    def on_model_call(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
+        sigma = sigma.reshape(-1).to(device=x.device, dtype=torch.float32)
+        if sigma.numel() == 1:
+            sigma = sigma.expand(x.shape[0])
+        velocity = self._velocity(x, sigma, denoised)
+        flat_denoised = flatten_batch(denoised)
+        self.calls_t.append(sigma if self.flow else sigma / (1 + sigma))
+        self.calls_velocity.append(_rms(velocity))
+        self.calls_drift.append(torch.zeros_like(sigma) if self._denoised is None
+                                else _rms(flat_denoised - self._denoised))
+        self.calls_step.append(self.current_step)
+        self._denoised = flat_denoised.detach().clone()
+        self._recent_calls.append((id(denoised), denoised.data_ptr(), sigma[0]))
+
+    def _sigma_of_step(self, i: int, denoised: torch.Tensor) -> torch.Tensor:
+        # Where the sampler really evaluated (σ̂ with churn, adaptive σ): the call that produced this denoised.
+        for ident, pointer, sigma in reversed(self._recent_calls):
+            if ident == id(denoised) and pointer == denoised.data_ptr():
+                return sigma
+        return self._grid(denoised.device)[i]
+
+    def _grid(self, device) -> torch.Tensor:
+        if self._sigma_grid is None:  # one host→device copy per recording, not one per step
+            self._sigma_grid = torch.tensor(self.sigmas, dtype=torch.float32, device=device)
+        return self._sigma_grid
+
+    def on_step(self, i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+        """The step callback: ``x`` is the point at the start of step ``i`` (σ = sigmas[i])."""
+        if i >= len(self.sigmas) - 1:
+            return
+        sigma = self._sigma_of_step(i, denoised).float()
+        velocity = self._velocity(x, sigma, denoised)
+        if self._step_velocity is not None:
+            dt = self._t(self.point_sigma[-1]) - self._t(sigma)
+            self.error.append(0.5 * dt * _rms(velocity - self._step_velocity))
+        self.step_velocity.append(_rms(velocity))
+        self._step_velocity = velocity.detach().clone()
+        self._advance(x, sigma)
+        self.current_step = i + 1
+
+    def _advance(self, x: torch.Tensor, sigma: torch.Tensor) -> None:
+        point, t = self._flow_point(x, sigma)
+        point = point.detach()
+        if self._dim is None:
+            self._batch, self._dim = point.shape
+        if self._point is None:
+            self._start = point.clone()
+        else:
+            dt = self._t(self.point_sigma[-1]) - t
+            displacement = self._point - point
+            secant = displacement / dt
+            self.segment.append(_rms(displacement))
+            self.secant_sq.append(secant.float().pow(2).mean(dim=1))
+            if self._secant is not None:
+                dot = (secant.float() * self._secant.float()).sum(dim=1)
+                norms = secant.float().norm(dim=1) * self._secant.float().norm(dim=1)
+                self.turn.append(dot / norms.clamp_min(torch.finfo(torch.float32).tiny))
+            self._secant = secant.clone()
+        self._point = point.clone()
+        self.point_sigma.append(sigma)
+        if self.record_latents and len(self.latents) < self.max_latents:
+            self.latents.append((t, point.clone()))
+
+    def finish(self, x_final: torch.Tensor, interrupted: bool = False) -> Trajectory:
+        """Close the path at the sampler's output (σ = sigmas[−1]) and copy everything to the host once."""
+        if self._point is not None and not interrupted:
+            self._advance(x_final, self._grid(x_final.device)[-1])
+        batch = self._batch or x_final.shape[0]
+        empty = torch.zeros(0, batch, dtype=torch.float64)
+
+        def stack(values):
+            return torch.stack(values).double().cpu() if values else empty.clone()
+
+        chord_sq = ((self._start - self._point).float().pow(2).mean(dim=1).double().cpu()
+                    if self._start is not None else torch.zeros(batch, dtype=torch.float64))
+        points = (torch.stack(self.point_sigma).double().cpu() if self.point_sigma
+                  else torch.zeros(0, dtype=torch.float64))
+        return Trajectory(
+            parameterization="flow" if self.flow else "ve→flow", label=self.label,
+            dim=self._dim or flatten_batch(x_final).shape[1], batch=batch,
+            status="interrupted" if interrupted else "complete",
+            t=points if self.flow else points / (1 + points), sigma=points,
+            step_velocity_rms=stack(self.step_velocity), secant_sq=stack(self.secant_sq),
+            segment_length=stack(self.segment), turn_cos=stack(self.turn), local_error=stack(self.error),
+            chord_sq=chord_sq, call_t=stack(self.calls_t), call_velocity_rms=stack(self.calls_velocity),
+            call_x0_drift_rms=stack(self.calls_drift),
+            call_step=torch.tensor(self.calls_step, dtype=torch.long),
+            latents=[(float(t), latent.cpu()) for t, latent in self.latents])
