@@ -40,7 +40,7 @@ from typing import Optional
 
 import torch
 
-from .common import (Evaluation, ModelDerivative, Progress, check_choice, report, validate_data_end_sigma,
+from .common import (ModelDerivative, Progress, check_choice, report, validate_data_end_sigma,
                      validate_latent, validate_sigmas)
 from .runge_kutta import rk_step
 from .step_control import PIController

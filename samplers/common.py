@@ -53,6 +53,8 @@ def validate_sigmas(sigmas, who: str) -> list[float]:
 def validate_latent(x, who: str) -> None:
     """Raise ``ValueError`` naming ``who`` unless ``x`` is a floating tensor with a batch dimension and
     only finite values (one host sync)."""
+    if getattr(x, "is_nested", False):
+        raise ValueError(f"{who}: nested (multi-part) latents are not supported yet; got {type(x).__name__}")
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{who}: the latent x must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim < 1 or x.shape[0] == 0:

@@ -32,18 +32,18 @@ from .tableaux import EULER, get_tableau
 
 
 def _check_family(grid, flow_model, who):
-    if flow_model and grid[0] > 1:
+    if flow_model and grid[0] > 1 + 1e-6:  # float32 schedules may round 1 up by an ulp
         raise ValueError(f"{who}: sigmas[0] = {grid[0]} exceeds 1, the noise end of a flow model; "
                          f"pass flow_model=False for VE/EPS/V models")
 
 
 def ddim_coefficients(sigma: float, sigma_next: float, eta: float, flow_model: bool):
     """``(c_x, c_D, s)`` with ``x' = c_x·x + c_D·D + s·z`` for the DDIM-η step (float64 Python floats)."""
-    a = 1.0 - sigma if flow_model else 1.0
-    a_next = 1.0 - sigma_next if flow_model else 1.0
+    a = max(0.0, 1.0 - sigma) if flow_model else 1.0
+    a_next = max(0.0, 1.0 - sigma_next) if flow_model else 1.0
     if sigma_next == 0:
         return 0.0, 1.0, 0.0
-    ratio = sigma_next * a / (sigma * a_next)
+    ratio = sigma_next * a / (sigma * a_next) if a_next > 0 else 1.0
     s = eta * sigma_next * math.sqrt(max(0.0, 1.0 - ratio * ratio))
     keep = math.sqrt(max(0.0, sigma_next * sigma_next - s * s))
     return keep / sigma, a_next - keep * a / sigma, s
@@ -130,7 +130,7 @@ def sample_langevin_pc(model, x, sigmas, extra_args=None, callback=None, disable
         x = rk_step(derivative, x, sigma, sigma_next, stepper, first_derivative=first).x
         if sigma_next == 0:
             continue
-        a_next = 1.0 - sigma_next if flow_model else 1.0
+        a_next = max(0.0, 1.0 - sigma_next) if flow_model else 1.0
         for _ in range(corrector_steps):
             denoised, _ = derivative.denoise(x, sigma_next)
             score = (x - denoised * a_next) * (-1.0 / (sigma_next * sigma_next))

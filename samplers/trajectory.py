@@ -37,8 +37,13 @@ def flatten_batch(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
+def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 stays float64 (tests, references); half/bfloat16/float32 latents accumulate in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _rms(flat: torch.Tensor) -> torch.Tensor:
-    return flat.float().pow(2).mean(dim=1).sqrt()
+    return flat.to(accumulation_dtype(flat)).pow(2).mean(dim=1).sqrt()
 
 
 @dataclass
@@ -123,7 +128,7 @@ class TrajectoryRecorder:
         self.step_velocity, self.secant_sq, self.segment, self.turn, self.error = [], [], [], [], []
         self.point_sigma: list[torch.Tensor] = []  # 0-d device tensors: no host sync while sampling
         self.latents = []
-        self._recent_calls = deque(maxlen=8)  # (id, data_ptr, σ) of recent denoised outputs
+        self._recent_calls = deque(maxlen=8)  # (id, data_ptr, σ, call index) of recent denoised outputs
         self.current_step = 0
         self._start = self._point = self._secant = self._step_velocity = self._denoised = None
         self._dim = self._batch = None
@@ -146,7 +151,7 @@ class TrajectoryRecorder:
 
     # -- hooks ----------------------------------------------------------------------------------------
     def on_model_call(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
-        sigma = sigma.reshape(-1).to(device=x.device, dtype=torch.float32)
+        sigma = sigma.reshape(-1).to(device=x.device, dtype=accumulation_dtype(x))
         if sigma.numel() == 1:
             sigma = sigma.expand(x.shape[0])
         velocity = self._velocity(x, sigma, denoised)
@@ -157,25 +162,27 @@ class TrajectoryRecorder:
                                 else _rms(flat_denoised - self._denoised))
         self.calls_step.append(self.current_step)
         self._denoised = flat_denoised.detach().clone()
-        self._recent_calls.append((id(denoised), denoised.data_ptr(), sigma[0]))
+        self._recent_calls.append((id(denoised), denoised.data_ptr(), sigma[0], len(self.calls_step) - 1))
 
-    def _sigma_of_step(self, i: int, denoised: torch.Tensor) -> torch.Tensor:
-        # Where the sampler really evaluated (σ̂ with churn, adaptive σ): the call that produced this denoised.
-        for ident, pointer, sigma in reversed(self._recent_calls):
+    def _sigma_of_step(self, i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        """Where the sampler really evaluated (σ̂ with churn, adaptive σ): the call that produced this
+        denoised. That call and the ones after it belong to step i (callbacks follow a step's first call)."""
+        for ident, pointer, sigma, index in reversed(self._recent_calls):
             if ident == id(denoised) and pointer == denoised.data_ptr():
+                self.calls_step[index:] = [i] * (len(self.calls_step) - index)
                 return sigma
-        return self._grid(denoised.device)[i]
+        return self._grid(x)[i]
 
-    def _grid(self, device) -> torch.Tensor:
+    def _grid(self, like: torch.Tensor) -> torch.Tensor:
         if self._sigma_grid is None:  # one host→device copy per recording, not one per step
-            self._sigma_grid = torch.tensor(self.sigmas, dtype=torch.float32, device=device)
+            self._sigma_grid = torch.tensor(self.sigmas, dtype=accumulation_dtype(like), device=like.device)
         return self._sigma_grid
 
     def on_step(self, i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
         """The step callback: ``x`` is the point at the start of step ``i`` (σ = sigmas[i])."""
         if i >= len(self.sigmas) - 1:
             return
-        sigma = self._sigma_of_step(i, denoised).float()
+        sigma = self._sigma_of_step(i, x, denoised).to(accumulation_dtype(x))
         velocity = self._velocity(x, sigma, denoised)
         if self._step_velocity is not None:
             dt = self._t(self.point_sigma[-1]) - self._t(sigma)
@@ -183,7 +190,7 @@ class TrajectoryRecorder:
         self.step_velocity.append(_rms(velocity))
         self._step_velocity = velocity.detach().clone()
         self._advance(x, sigma)
-        self.current_step = i + 1
+        self.current_step = i  # later calls belong to step i until the next callback claims its first call
 
     def _advance(self, x: torch.Tensor, sigma: torch.Tensor) -> None:
         point, t = self._flow_point(x, sigma)
@@ -197,11 +204,12 @@ class TrajectoryRecorder:
             displacement = self._point - point
             secant = displacement / dt
             self.segment.append(_rms(displacement))
-            self.secant_sq.append(secant.float().pow(2).mean(dim=1))
+            acc = accumulation_dtype(secant)
+            self.secant_sq.append(secant.to(acc).pow(2).mean(dim=1))
             if self._secant is not None:
-                dot = (secant.float() * self._secant.float()).sum(dim=1)
-                norms = secant.float().norm(dim=1) * self._secant.float().norm(dim=1)
-                self.turn.append(dot / norms.clamp_min(torch.finfo(torch.float32).tiny))
+                dot = (secant.to(acc) * self._secant.to(acc)).sum(dim=1)
+                norms = secant.to(acc).norm(dim=1) * self._secant.to(acc).norm(dim=1)
+                self.turn.append(dot / norms.clamp_min(torch.finfo(acc).tiny))
             self._secant = secant.clone()
         self._point = point.clone()
         self.point_sigma.append(sigma)
@@ -211,14 +219,14 @@ class TrajectoryRecorder:
     def finish(self, x_final: torch.Tensor, interrupted: bool = False) -> Trajectory:
         """Close the path at the sampler's output (σ = sigmas[−1]) and copy everything to the host once."""
         if self._point is not None and not interrupted:
-            self._advance(x_final, self._grid(x_final.device)[-1])
+            self._advance(x_final, self._grid(x_final)[-1])
         batch = self._batch or x_final.shape[0]
         empty = torch.zeros(0, batch, dtype=torch.float64)
 
         def stack(values):
             return torch.stack(values).double().cpu() if values else empty.clone()
 
-        chord_sq = ((self._start - self._point).float().pow(2).mean(dim=1).double().cpu()
+        chord_sq = ((self._start - self._point).to(accumulation_dtype(self._start)).pow(2).mean(dim=1).double().cpu()
                     if self._start is not None else torch.zeros(batch, dtype=torch.float64))
         points = (torch.stack(self.point_sigma).double().cpu() if self.point_sigma
                   else torch.zeros(0, dtype=torch.float64))

@@ -97,6 +97,7 @@ def open_editor(browser, comfy: ComfyServer, vue_nodes: bool) -> EditorPage:
         f"or threw on import; console: {editor.console_errors + editor.page_errors}")
     enabled = editor.page.evaluate("app.ui.settings.getSettingValue('Comfy.VueNodes.Enabled')")
     assert bool(enabled) == vue_nodes, f"Comfy.VueNodes.Enabled is {enabled!r}, the test asked for {vue_nodes}"
+    editor.page.evaluate("app.graph.clear()")  # start from an empty graph, not the default workflow
     return editor
 
 

@@ -441,7 +441,7 @@ function messageElement(text) {
 
 /** One chart panel: toolbar (log-y toggle), canvas with hover read-out, caption (parameterization, notes). */
 function createPanel(chart, onDrawn) {
-    const panel = el("div", "display:flex;flex-direction:column;flex:1 1 0;min-height:0;gap:2px;");
+    const panel = el("div", "display:flex;flex-direction:column;flex:1 1 auto;gap:2px;");
     panel.className = "flowscope-chart-panel";
     const toolbar = el("div", `display:flex;align-items:center;justify-content:flex-end;gap:6px;height:${TOOLBAR_HEIGHT}px;flex:none;font:11px sans-serif;color:${COLORS.muted};`);
     const label = el("label", "display:flex;align-items:center;gap:4px;cursor:pointer;user-select:none;");
@@ -453,12 +453,18 @@ function createPanel(chart, onDrawn) {
     label.append(toggle, document.createTextNode("log y"));
     toolbar.append(label);
 
-    const canvas = el("canvas", `display:block;width:100%;flex:1 1 auto;min-height:${CANVAS_MIN_HEIGHT}px;border-radius:4px;cursor:crosshair;`);
+    // The canvas sits absolutely in a holder so that its bitmap size never feeds back into the layout
+    // (a canvas with CSS height auto keeps the aspect ratio of its last bitmap).
+    const holder = el("div", `position:relative;flex:1 1 0;min-height:${CANVAS_MIN_HEIGHT}px;`);
+    const canvas = el("canvas", "position:absolute;left:0;top:0;width:100%;height:100%;display:block;border-radius:4px;cursor:crosshair;");
+    holder.append(canvas);
     const message = messageElement("");
     message.style.display = "none";
     const caption = el("div", `flex:none;font:11px sans-serif;color:${COLORS.muted};line-height:${CAPTION_LINE_HEIGHT}px;padding:0 2px;overflow-wrap:anywhere;`);
     if (chart.parameterization) {
-        const line = el("div", `color:${COLORS.text};`, `parameterization: ${chart.parameterization}`);
+        const text = /^parameteri[sz]ation/i.test(chart.parameterization)
+            ? chart.parameterization : `parameterization: ${chart.parameterization}`;
+        const line = el("div", `color:${COLORS.text};`, text);
         line.className = "flowscope-parameterization";
         caption.append(line);
     }
@@ -467,12 +473,12 @@ function createPanel(chart, onDrawn) {
         line.className = "flowscope-note";
         caption.append(line);
     }
-    panel.append(toolbar, canvas, message, caption);
+    panel.append(toolbar, message, holder, caption);
 
     const state = { yLog: chart.yLog, hover: null, result: null };
     const draw = () => {
-        const width = canvas.clientWidth;
-        const height = canvas.clientHeight;
+        const width = holder.clientWidth;
+        const height = holder.clientHeight;
         if (width < 2 || height < 2) return; // not laid out yet: the ResizeObserver draws it later
         const dpr = window.devicePixelRatio || 1;
         if (canvas.width !== Math.round(width * dpr) || canvas.height !== Math.round(height * dpr)) {
@@ -489,8 +495,15 @@ function createPanel(chart, onDrawn) {
             result = { error: `FlowScope: no data to plot (drawing failed: ${error.message})`, points: 0, series: 0, screen: [] };
         }
         if (result.error) {
-            ctx.setTransform(1, 0, 0, 1, 0, 0);
-            ctx.clearRect(0, 0, canvas.width, canvas.height);
+            // Nothing to plot with these settings (e.g. log y and no positive value): say so on the canvas too;
+            // the toolbar stays, so switching log y off can bring the data back.
+            ctx.fillStyle = COLORS.background;
+            ctx.fillRect(0, 0, width, height);
+            ctx.fillStyle = COLORS.muted;
+            ctx.font = FONT;
+            ctx.textAlign = "center";
+            ctx.textBaseline = "middle";
+            ctx.fillText("no data to plot", width / 2, height / 2);
         }
         message.textContent = result.error || "";
         message.style.display = result.error ? "" : "none";
@@ -525,7 +538,7 @@ function createPanel(chart, onDrawn) {
     // Keep the graph canvas from panning/zooming while the pointer is on the chart.
     canvas.addEventListener("pointerdown", (event) => event.stopPropagation());
 
-    panel.flowscope = { draw, state, canvas, toggle, captionLines: caption.childElementCount };
+    panel.flowscope = { draw, state, canvas, toggle, caption };
     return panel;
 }
 
@@ -553,13 +566,12 @@ export function renderCharts(element, value) {
         element.dataset.flowscopeDrawn = "1";
     }
     element.flowscopePanels = panels;
-    element.flowscopeMinHeight = panels.reduce(
-        (h, p) => h + TOOLBAR_HEIGHT + CANVAS_MIN_HEIGHT + 6 + p.flowscope.captionLines * CAPTION_LINE_HEIGHT, 0);
 
     if (panels.length === 0) {
-        const reason = elements.length === 0 ? "the payload is empty" : errors.join("; ");
+        const reason = elements.length > 0 ? errors.join("; ")
+            : Array.isArray(value) ? "the payload is empty" : `the payload is not a list of charts but ${typeof value}`;
         element.append(messageElement(`FlowScope: no data to plot (${reason}).`));
-        element.flowscopeMinHeight = 40;
+        fitHeight(element);
         element.dataset.flowscopePoints = "0";
         element.dataset.flowscopeSeries = "0";
         element.dataset.flowscopeError = reason;
@@ -567,9 +579,11 @@ export function renderCharts(element, value) {
         return element;
     }
     for (const error of errors) element.append(messageElement(`FlowScope: one chart was skipped (${error}).`));
-    element.flowscopeMinHeight += errors.length * 20;
     element.append(...panels);
-    const drawAll = () => panels.forEach((p) => p.flowscope.draw());
+    const drawAll = () => {
+        fitHeight(element);
+        panels.forEach((p) => p.flowscope.draw());
+    };
     if (typeof ResizeObserver !== "undefined") {
         element.flowscopeObserver = new ResizeObserver(() => drawAll());
         element.flowscopeObserver.observe(element);
@@ -577,6 +591,37 @@ export function renderCharts(element, value) {
     requestAnimationFrame(drawAll);
     drawAll();
     return element;
+}
+
+/**
+ * The height the widget needs at its current width (captions wrap), kept as `flowscopeMinHeight` for the
+ * classic renderer's getMinHeight and as CSS min-height for the Vue renderer, which sizes widgets from their
+ * content. A node that is too short for it grows (it never shrinks).
+ */
+function fitHeight(element) {
+    const GAP = 6;
+    const PADDING = 8;
+    let height = PADDING;
+    for (const child of element.children) {
+        if (child.flowscope) {
+            const captionLines = child.flowscope.caption.childElementCount;
+            const caption = child.flowscope.caption.offsetHeight || captionLines * CAPTION_LINE_HEIGHT * 1.5;
+            height += TOOLBAR_HEIGHT + CANVAS_MIN_HEIGHT + caption + 3 * 2;
+        } else {
+            height += child.offsetHeight || 40;
+        }
+        height += GAP;
+    }
+    height = Math.ceil(height);
+    if (height === element.flowscopeMinHeight) return;
+    element.flowscopeMinHeight = height;
+    element.style.minHeight = `${height}px`;
+    const node = element.flowscopeNode;
+    const wanted = node?.computeSize?.();
+    if (wanted && node.size && node.size[1] < wanted[1]) {
+        node.setSize([node.size[0], wanted[1]]);
+        node.setDirtyCanvas?.(true, true);
+    }
 }
 
 function createChartElement() {
@@ -598,6 +643,7 @@ export function showNodeCharts(node, value) {
         });
         widget.serialize = false;
     }
+    widget.element.flowscopeNode = node;
     renderCharts(widget.element, value);
     // Grow the node so the chart gets at least its minimum size (never shrink what the user chose).
     const wanted = node.computeSize?.();
@@ -614,7 +660,7 @@ app.registerExtension({
     async beforeRegisterNodeDef(nodeType) {
         const onExecuted = nodeType.prototype.onExecuted;
         nodeType.prototype.onExecuted = function (output) {
-            const result = onExecuted?.apply(this, arguments);
+            // The chart first, so that a failing onExecuted of the node type itself cannot hide it.
             if (output && typeof output === "object" && CHART_KEY in output) {
                 try {
                     showNodeCharts(this, output[CHART_KEY]);
@@ -622,7 +668,7 @@ app.registerExtension({
                     console.error(`FlowScope: could not show the chart of node ${this.id}`, error);
                 }
             }
-            return result;
+            return onExecuted?.apply(this, arguments);
         };
     },
 });
