@@ -18,7 +18,7 @@ import torch
 from ..samplers.trajectory import Trajectory, TrajectoryRecorder, straightness
 from . import charts
 from .comfy_io import TrajectoryType, io
-from .comfy_sampling import is_flow_model
+from .comfy_sampling import comfy_sampler_function, is_flow_model
 
 CATEGORY = "FlowScope/diagnostics"
 RECORDER_KEY = "flowscope_trajectory_recorder"
@@ -326,4 +326,89 @@ class ExportTrajectory(io.ComfyNode):
         return io.NodeOutput(stem + ".json", ui={"text": ["\n".join(names)], "flowscope_files": names})
 
 
-NODES = [RecordSampling, VelocityNormPlot, StraightnessMeter, StepErrorMeter, ExportTrajectory]
+
+def parse_list(text: str, who: str, field: str, convert=str) -> list:
+    items = [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"{who}, input '{field}': give at least one value (comma-separated)")
+    try:
+        return [convert(item) for item in items]
+    except ValueError as error:
+        raise ValueError(f"{who}, input '{field}': {error}") from error
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text!r} is not a positive step count")
+    return value
+
+
+class CompareSamplers(io.ComfyNode):
+    NAME = "FlowScope · Compare Samplers"
+
+    @classmethod
+    def define_schema(cls):
+        import comfy.samplers
+
+        return io.Schema(
+            node_id="FlowScopeCompareSamplers", display_name=cls.NAME, category=CATEGORY, is_output_node=True,
+            description="Your own sampler benchmark: runs every sampler × step count from the same noise and "
+                        "reports the endpoint RMS error against a high-accuracy self-reference (fs_dopri5 at a "
+                        "tight tolerance) as error-vs-NFE chart and table.",
+            inputs=[io.Noise.Input("noise"), io.Guider.Input("guider"), io.Latent.Input("latent_image"),
+                    io.String.Input("samplers", default="euler, heun, dpmpp_2m, fs_heun, fs_rk4, fs_ab3",
+                                    multiline=True, tooltip="Comma-separated names from the sampler dropdown."),
+                    io.String.Input("steps", default="4, 8, 16", tooltip="Comma-separated step counts."),
+                    io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple"),
+                    io.Float.Input("reference_rtol", default=1e-5, min=1e-9, max=1e-2, step=1e-6,
+                                   tooltip="Tolerance of the fs_dopri5 self-reference (atol = rtol/10).")],
+            outputs=[io.Image.Output(display_name="chart"), io.String.Output(display_name="table")])
+
+    @classmethod
+    def execute(cls, noise, guider, latent_image, samplers, steps, scheduler, reference_rtol) -> io.NodeOutput:
+        import comfy.samplers
+
+        from .. import samplers as core
+
+        names = parse_list(samplers, cls.NAME, "samplers")
+        unknown = [name for name in names if name not in comfy.samplers.SAMPLER_NAMES]
+        if unknown:
+            raise ValueError(f"{cls.NAME}, input 'samplers': unknown sampler(s) {', '.join(unknown)}; valid names "
+                             f"are those of the KSampler dropdown")
+        step_counts = parse_list(steps, cls.NAME, "steps", positive_int)
+        model_sampling = guider.model_patcher.get_model_object("model_sampling")
+
+        def grid(count):
+            return comfy.samplers.calculate_sigmas(model_sampling, scheduler, count).cpu()
+
+        reference_sampler = comfy.samplers.KSAMPLER(
+            comfy_sampler_function(core.sample_adaptive),
+            extra_options={"method": "dopri5", "rtol": reference_rtol, "atol": reference_rtol / 10,
+                           "max_nfe": 20000, "error_norm": "per_sample"})
+        reference, _, reference_trajectory = record_sampling(guider, reference_sampler, grid(max(step_counts)),
+                                                             latent_image, noise, "reference", preview=False)
+        rows, series_list = [], []
+        for name in names:
+            points = []
+            for count in step_counts:
+                samples, _, trajectory = record_sampling(guider, comfy.samplers.sampler_object(name), grid(count),
+                                                         latent_image, noise, name, preview=False)
+                per_sample = (samples - reference).reshape(samples.shape[0], -1).pow(2).mean(1).sqrt()
+                rows.append({"sampler": name, "steps": count, "nfe": trajectory.nfe,
+                             "rms_error": float(per_sample.pow(2).mean().sqrt()),
+                             "median_error": float(per_sample.median())})
+                points.append((trajectory.nfe, rows[-1]["rms_error"]))
+            series_list.append(charts.series(name, [p[0] for p in points], [p[1] for p in points]))
+        table = ["| sampler | steps | NFE | endpoint RMS error | median per-sample error |", "|---|---|---|---|---|"]
+        table += [f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['rms_error']:.3e} | {r['median_error']:.3e} |"
+                  for r in rows]
+        notes = [f"reference: fs_dopri5 rtol {reference_rtol:g}, {reference_trajectory.nfe} NFE, scheduler "
+                 f"{scheduler}; errors are RMS over latent dimensions"]
+        payload = charts.chart("Error vs NFE against a self-reference", "NFE (model calls)", "endpoint RMS error",
+                               series_list, x_log=True, y_log=True, notes=notes)
+        return io.NodeOutput(charts.render(payload), "\n".join(table), ui={**_ui(payload), "text": ["\n".join(table)]})
+
+
+
+NODES = [RecordSampling, VelocityNormPlot, StraightnessMeter, StepErrorMeter, ExportTrajectory, CompareSamplers]

@@ -50,9 +50,10 @@ def _finish(values, dtype):
 
 
 def _lerp_grid(start, stop, count):
+    """``count`` equally spaced values; the end points are exact (a rounded end could land just past 0)."""
     if count == 1:
         return [start]
-    return [start + (stop - start) * k / (count - 1) for k in range(count)]
+    return [start + (stop - start) * k / (count - 1) for k in range(count - 1)] + [stop]
 
 
 def uniform_sigmas(steps, sigma_max=1.0, sigma_min=0.0, dtype=torch.float32):

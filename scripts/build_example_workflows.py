@@ -40,16 +40,79 @@ def sampled_digits_chain(first_id: int, y: int, model_name: str, digit: str, sam
     ]
 
 
+def recorded_chain(first_id: int, y: int, model_name: str, digit: str, sampler: str, scheduler: str,
+                   label: str, seed: int = 42, steps: int = 20) -> list[dict]:
+    """Demo model → CFGGuider → FlowScopeRecordSampling (node first_id + 8, outputs: latent, denoised, trajectory)."""
+    i = first_id
+    return [
+        {"id": i, "type": "FlowScopeDemoModelLoader", "pos": [40, y], "widgets": {"model_name": model_name}},
+        {"id": i + 1, "type": "FlowScopeDigitConditioning", "pos": [40, y + 110], "widgets": {"digit": digit}},
+        {"id": i + 2, "type": "FlowScopeDigitConditioning", "pos": [40, y + 200], "widgets": {"digit": "empty"}},
+        {"id": i + 3, "type": "CFGGuider", "pos": [340, y], "widgets": {"cfg": 3.0},
+         "links": {"model": (i, 0), "positive": (i + 1, 0), "negative": (i + 2, 0)}},
+        {"id": i + 4, "type": "KSamplerSelect", "pos": [340, y + 130], "widgets": {"sampler_name": sampler}},
+        {"id": i + 5, "type": "BasicScheduler", "pos": [340, y + 210],
+         "widgets": {"scheduler": scheduler, "steps": steps, "denoise": 1.0}, "links": {"model": (i, 0)}},
+        {"id": i + 6, "type": "RandomNoise", "pos": [40, y + 290], "widgets": {"noise_seed": seed}},
+        {"id": i + 7, "type": "EmptyLatentImage", "pos": [40, y + 390],
+         "widgets": {"width": 64, "height": 64, "batch_size": 4}},
+        {"id": i + 8, "type": "FlowScopeRecordSampling", "pos": [660, y], "size": [320, 220],
+         "widgets": {"label": label},
+         "links": {"noise": (i + 6, 0), "guider": (i + 3, 0), "sampler": (i + 4, 0), "sigmas": (i + 5, 0),
+                   "latent_image": (i + 7, 0)}},
+    ]
+
+
+def flow_vs_diffusion(object_info) -> dict:
+    nodes = (recorded_chain(1, 0, "digits-flow", "3", "euler", "simple", "digits-flow (rectified flow)")
+             + recorded_chain(20, 560, "digits-diffusion", "3", "euler", "karras", "digits-diffusion (EPS)"))
+    nodes += [
+        {"id": 40, "type": "FlowScopeVelocityNormPlot", "pos": [1040, 0], "size": [520, 520],
+         "widgets": {"per_sample": False, "log_y": False}, "links": {"trajectory": (9, 2), "trajectory_2": (28, 2)}},
+        {"id": 41, "type": "FlowScopeStraightnessMeter", "pos": [1040, 560], "size": [520, 560],
+         "links": {"trajectory": (9, 2), "trajectory_2": (28, 2)}},
+        {"id": 42, "type": "VAELoader", "pos": [660, 260], "widgets": {"vae_name": "pixel_space"}},
+        {"id": 43, "type": "VAEDecode", "pos": [660, 360], "links": {"samples": (9, 0), "vae": (42, 0)}},
+        {"id": 44, "type": "VAEDecode", "pos": [660, 820], "links": {"samples": (28, 0), "vae": (42, 0)}},
+        {"id": 45, "type": "ImageScale", "pos": [660, 460],
+         "widgets": {"upscale_method": "nearest-exact", "width": 128, "height": 128, "crop": "disabled"},
+         "links": {"image": (43, 0)}},
+        {"id": 46, "type": "ImageScale", "pos": [660, 920],
+         "widgets": {"upscale_method": "nearest-exact", "width": 128, "height": 128, "crop": "disabled"},
+         "links": {"image": (44, 0)}},
+        {"id": 47, "type": "PreviewImage", "pos": [1600, 0], "links": {"images": (45, 0)}},
+        {"id": 48, "type": "PreviewImage", "pos": [1600, 560], "links": {"images": (46, 0)}},
+    ]
+    return build_ui_workflow(nodes, object_info)
+
+
+def which_sampler(object_info) -> dict:
+    # model 1, conditionings 2–3, guider 4, noise 7, latent 8 of the recording chain (no sampler/schedule/recorder)
+    nodes = [node for node in recorded_chain(1, 0, "digits-flow", "5", "euler", "simple", "")
+             if node["id"] not in (5, 6, 9)]
+    nodes += [
+        {"id": 10, "type": "FlowScopeCompareSamplers", "pos": [660, 0], "size": [560, 640],
+         "widgets": {"samplers": "euler, heun, dpmpp_2m, uni_pc, fs_heun, fs_rk4, fs_ab3, fs_secant",
+                     "steps": "4, 8, 16", "scheduler": "simple", "reference_rtol": 1e-5},
+         "links": {"noise": (7, 0), "guider": (4, 0), "latent_image": (8, 0)}},
+        {"id": 11, "type": "PreviewAny", "pos": [1260, 0], "size": [520, 400], "links": {"source": (10, 1)}},
+    ]
+    return build_ui_workflow(nodes, object_info)
+
+
 def main():
     with ComfyServer() as server:
         object_info = server.get("/object_info")
     nodes = (sampled_digits_chain(1, 0, "digits-flow", "3", "euler", "simple", "flowscope_demo_flow", 42)
              + sampled_digits_chain(20, 520, "digits-diffusion", "7", "euler", "karras",
                                     "flowscope_demo_diffusion", 42))
-    workflow = build_ui_workflow(nodes, object_info)
-    out = ROOT / "example_workflows" / "flowscope_digits_demo.json"
-    out.write_text(json.dumps(workflow, indent=1) + "\n")
-    print(f"wrote {out}")
+    workflows = {"flowscope_digits_demo.json": build_ui_workflow(nodes, object_info),
+                 "flowscope_flow_vs_diffusion.json": flow_vs_diffusion(object_info),
+                 "flowscope_which_sampler.json": which_sampler(object_info)}
+    for name, workflow in workflows.items():
+        out = ROOT / "example_workflows" / name
+        out.write_text(json.dumps(workflow, indent=1) + "\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

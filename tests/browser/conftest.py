@@ -60,15 +60,20 @@ class EditorPage:
     def __init__(self, page, comfy: ComfyServer):
         self.page = page
         self.comfy = comfy
-        self.console_errors: list[str] = []
-        self.page_errors: list[str] = []
-        page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
-        page.on("pageerror", lambda e: self.page_errors.append(str(e)))
+        self.errors: list[str] = []  # console errors and uncaught exceptions, in order
+        self.mark = 0
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
 
-    def findings(self, since: int = 0) -> list[str]:
-        """Console errors and uncaught exceptions that are not the known harmless noise."""
-        lines = self.console_errors[since:] + self.page_errors
-        return [line for line in lines if not any(h in line for h in HARMLESS_CONSOLE)]
+    def start_test(self):
+        """Empty graph, view at 100 %, and only errors from here on count as findings."""
+        self.page.evaluate("app.graph.clear(); app.canvas.ds.scale = 1; app.canvas.ds.offset = [0, 0]")
+        self.page.mouse.move(2, 2)
+        self.mark = len(self.errors)
+
+    def findings(self) -> list[str]:
+        """Console errors and uncaught exceptions since start_test() that are not the known harmless noise."""
+        return [line for line in self.errors[self.mark:] if not any(h in line for h in HARMLESS_CONSOLE)]
 
     def screenshot(self, name: str) -> pathlib.Path:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -94,17 +99,25 @@ def open_editor(browser, comfy: ComfyServer, vue_nodes: bool) -> EditorPage:
     names = editor.page.evaluate("app.extensions.map(e => e.name)")
     assert EXTENSION_NAME in names, (
         f"{EXTENSION_NAME} is not among the registered extensions ({len(names)}): {EXTENSION_URL} did not load "
-        f"or threw on import; console: {editor.console_errors + editor.page_errors}")
+        f"or threw on import; console: {editor.errors}")
     enabled = editor.page.evaluate("app.ui.settings.getSettingValue('Comfy.VueNodes.Enabled')")
     assert bool(enabled) == vue_nodes, f"Comfy.VueNodes.Enabled is {enabled!r}, the test asked for {vue_nodes}"
-    editor.page.evaluate("app.graph.clear()")  # start from an empty graph, not the default workflow
     return editor
 
 
-@pytest.fixture(params=[False, True], ids=["classic", "vue-nodes"])
-def editor(request, browser, comfy):
-    editor = open_editor(browser, comfy, vue_nodes=request.param)
-    editor.vue_nodes = request.param
-    editor.renderer = request.node.callspec.id
+RENDERERS = {"classic": False, "vue-nodes": True}
+
+
+@pytest.fixture(scope="module", params=list(RENDERERS))
+def renderer_page(request, browser, comfy):
+    """One page per renderer, shared by the tests of a module (pytest groups the tests by renderer)."""
+    editor = open_editor(browser, comfy, vue_nodes=RENDERERS[request.param])
+    editor.renderer = request.param
     yield editor
     editor.page.context.close()
+
+
+@pytest.fixture
+def editor(renderer_page):
+    renderer_page.start_test()
+    return renderer_page

@@ -24,18 +24,20 @@ READ_CHART = """(element) => {
     const panels = [...element.querySelectorAll('.flowscope-chart-panel')].map((panel) => {
         const canvas = panel.querySelector('canvas');
         const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-        let coloured = 0, nonBackground = 0, hash = 0;
+        let coloured = 0, hash = 0;
         for (let i = 0; i < data.length; i += 4) {
             const r = data[i], g = data[i + 1], b = data[i + 2];
             if (Math.max(r, g, b) - Math.min(r, g, b) > 60) coloured++;
-            if (Math.abs(r - 0x1b) + Math.abs(g - 0x1d) + Math.abs(b - 0x21) > 30) nonBackground++;
             hash = (hash * 31 + r * 7 + g * 3 + b) >>> 0;
         }
         const rect = canvas.getBoundingClientRect();
-        return {width: canvas.width, height: canvas.height, coloured, nonBackground, hash,
+        return {width: canvas.width, height: canvas.height, coloured, hash,
                 yLog: panel.dataset.flowscopeYLog, points: Number(panel.dataset.flowscopePoints),
+                hover: panel.dataset.flowscopeHover ? JSON.parse(panel.dataset.flowscopeHover) : null,
+                plot: panel.dataset.flowscopePlot ? JSON.parse(panel.dataset.flowscopePlot) : null,
+                cssWidth: canvas.clientWidth,
                 rect: {x: rect.x, y: rect.y, width: rect.width, height: rect.height},
-                caption: panel.querySelector('div:last-child').innerText};
+                caption: panel.querySelector('.flowscope-caption').innerText};
     });
     const rect = element.getBoundingClientRect();
     return {drawn: element.dataset.flowscopeDrawn, points: Number(element.dataset.flowscopePoints),
@@ -131,13 +133,32 @@ def test_synthetic_payload_draws_toggles_log_and_hovers(editor):
     assert logged["panels"][0]["hash"] != panel["hash"], "toggling log y did not change the drawing"
     editor.screenshot(f"synthetic-logy-{editor.renderer}.png")
 
-    # Hover: a pointer over the plot draws the read-out box (more pixels differ from the background).
-    rect = logged["panels"][0]["rect"]
-    editor.page.mouse.move(rect["x"] + rect["width"] * 0.5, rect["y"] + rect["height"] * 0.5)
+    # Hover: the read-out shows the nearest point; x_reversed puts sigma = 1 on the left, 0 on the right.
+    rect, plot = logged["panels"][0]["rect"], logged["panels"][0]["plot"]
+    zoom = rect["width"] / logged["panels"][0]["cssWidth"]  # the classic renderer scales DOM widgets
+    hovered = {}
+    for where, px in (("left", plot["left"] + 3), ("right", plot["right"] - 3)):
+        editor.page.mouse.move(rect["x"] + px * zoom, rect["y"] + (plot["top"] + plot["bottom"]) / 2 * zoom)
+        editor.page.wait_for_timeout(100)
+        hovered[where] = read_chart(editor, handle)["panels"][0]
+        assert hovered[where]["hash"] != logged["panels"][0]["hash"], f"hovering {where} drew no read-out"
+        editor.screenshot(f"synthetic-hover-{where}-{editor.renderer}.png")
+    assert hovered["left"]["hover"]["x"] == 1.0, hovered["left"]["hover"]
+    assert hovered["right"]["hover"]["x"] == 0.0 and hovered["right"]["hover"]["series"] == "euler", hovered["right"]["hover"]
+    editor.page.mouse.move(5, 500)  # leaving the canvas removes the read-out
     editor.page.wait_for_timeout(100)
-    hovered = read_chart(editor, handle)
-    assert hovered["panels"][0]["hash"] != logged["panels"][0]["hash"], "moving the pointer drew no read-out"
-    editor.screenshot(f"synthetic-hover-{editor.renderer}.png")
+    assert read_chart(editor, handle)["panels"][0]["hover"] is None
+
+    # A second execution output replaces the chart in the same widget.
+    editor.page.evaluate("""(payload) => window.__flowscopeTestNode.onExecuted({flowscope_chart: [payload, payload]})""",
+                         SYNTHETIC)
+    editor.page.wait_for_function(
+        "(e) => e.dataset.flowscopeDrawn === '1' && e.querySelectorAll('.flowscope-chart-panel').length === 2",
+        arg=handle)
+    twice = read_chart(editor, handle)
+    assert twice["points"] == 2 * expected_points(SYNTHETIC) and twice["series"] == 6, twice
+    assert editor.page.evaluate(
+        "window.__flowscopeTestNode.widgets.filter((w) => w.name === 'flowscope_chart').length") == 1
     assert editor.findings() == [], editor.findings()
 
 
@@ -152,54 +173,113 @@ MALFORMED = [
 ]
 
 
+# Where the nodes go, so that one screenshot shows every message (the two with a chart panel are wider).
+MALFORMED_POSITIONS = [[80, 100], [440, 100], [800, 100], [1160, 100], [80, 400], [560, 400], [920, 400]]
+
+
 def test_malformed_payloads_show_a_message_and_throw_nothing(editor):
     for index, (what, output) in enumerate(MALFORMED):
-        node_id = editor.page.evaluate(SHOW_SYNTHETIC, [output, [80 + 360 * (index % 4), 40 + 420 * (index // 4)]])
+        node_id = editor.page.evaluate(SHOW_SYNTHETIC, [output, MALFORMED_POSITIONS[index]])
         chart = read_chart(editor, chart_element(editor, node_id))
         assert "FlowScope: no data" in chart["text"], (what, chart)
         assert chart["points"] == 0 and chart["error"], (what, chart)
+    # The last one has finite values, just none > 0 for log y: switching log y off brings them back.
+    handle = chart_element(editor, node_id)
+    editor.page.evaluate("(e) => e.querySelector('input.flowscope-ylog').click()", handle)
+    chart = read_chart(editor, handle)
+    assert chart["points"] == 2 and chart["error"] == "" and "no data" not in chart["text"], chart
     editor.screenshot(f"malformed-{editor.renderer}.png")
+
+    # NaN and ±Infinity (real JS numbers here, as a non-JSON transport could deliver them) are skipped too.
+    nan = float("nan")
+    payload = {"series": [{"name": "a", "x": [0, 1, 2, 3, 4], "y": [1.0, nan, float("inf"), -float("inf"), 2.0]}]}
+    node_id = editor.page.evaluate(SHOW_SYNTHETIC, [{"flowscope_chart": [payload]}, [1160, 400]])
+    chart = read_chart(editor, chart_element(editor, node_id))
+    assert chart["points"] == 2 and chart["series"] == 1 and chart["error"] == "", chart
     assert editor.findings() == [], editor.findings()
 
 
 def test_real_workflow_chart_matches_history(editor):
+    """Queue the example workflow in the editor; every node whose output carries a chart draws it in-node,
+    with exactly the finite points and series of the payload the server recorded in /history."""
     comfy = editor.comfy
     assert WORKFLOW.is_file(), f"{WORKFLOW.relative_to(ROOT)} is missing"
     assert PLOT_NODE in comfy.get(f"/object_info/{PLOT_NODE}"), f"{PLOT_NODE} is not registered"
     workflow = json.loads(WORKFLOW.read_text())
-    plot_ids = [node["id"] for node in workflow["nodes"] if node["type"] == PLOT_NODE]
-    assert plot_ids, f"{WORKFLOW.name} has no {PLOT_NODE} node"
+    assert any(node["type"] == PLOT_NODE for node in workflow["nodes"]), f"{WORKFLOW.name} has no {PLOT_NODE}"
 
     editor.page.evaluate("""async (workflow) => {
-        window.__flowscopeExecuted = [];
+        window.__flowscopeEvents = [];
         const { api } = await import('/scripts/api.js');
-        api.addEventListener('executed', ({ detail }) => window.__flowscopeExecuted.push(detail));
+        for (const type of ['execution_start', 'executed', 'execution_success', 'execution_error']) {
+            api.addEventListener(type, ({ detail }) => window.__flowscopeEvents.push({ type, detail }));
+        }
         await app.loadGraphData(workflow);
         await app.queuePrompt(0, 1);
     }""", workflow)
     editor.page.wait_for_function(
-        "(ids) => ids.every((id) => window.__flowscopeExecuted.some((d) => String(d.display_node || d.node) === String(id)))",
-        arg=plot_ids, timeout=240_000)
-    executed = editor.page.evaluate("window.__flowscopeExecuted")
-    prompt_id = executed[0]["prompt_id"]
+        "window.__flowscopeEvents.some((e) => e.type === 'execution_success' || e.type === 'execution_error')",
+        timeout=240_000)
+    events = editor.page.evaluate("window.__flowscopeEvents")
+    errors = [e["detail"] for e in events if e["type"] == "execution_error"]
+    assert not errors, errors
+    prompt_id = next(e["detail"]["prompt_id"] for e in events if e["type"] == "execution_success")
     history = comfy.wait(prompt_id)
     assert history["status"].get("status_str") == "success", history["status"]
 
-    for plot_id in plot_ids:
-        payloads = history["outputs"][str(plot_id)]["flowscope_chart"]
-        handle = chart_element(editor, plot_id)
-        frame_node(editor, plot_id)
+    charted = {node_id: output["flowscope_chart"] for node_id, output in history["outputs"].items()
+               if "flowscope_chart" in output}
+    types = {str(node["id"]): node["type"] for node in workflow["nodes"]}
+    assert PLOT_NODE in {types[node_id] for node_id in charted}, (
+        f"no {PLOT_NODE} output with flowscope_chart in /history: {sorted(history['outputs'])}")
+    for node_id, payloads in sorted(charted.items()):
+        handle = chart_element(editor, int(node_id))
+        frame_node(editor, int(node_id))
         chart = read_chart(editor, handle)
-        editor.screenshot(f"velocity-norm-{editor.renderer}-node{plot_id}.png")
+        editor.screenshot(f"{types[node_id]}-{editor.renderer}-node{node_id}.png")
         want_points = sum(expected_points(p) for p in payloads)
         want_series = sum(len(p["series"]) for p in payloads)
-        print(f"[{editor.renderer}] node {plot_id}: {chart['points']} points / {want_points} expected, "
-              f"{chart['series']} series / {want_series}, coloured pixels "
+        print(f"[{editor.renderer}] {types[node_id]} #{node_id}: {chart['points']} points drawn / {want_points} "
+              f"finite in /history, {chart['series']} series / {want_series}, coloured pixels "
               f"{[p['coloured'] for p in chart['panels']]}")
         assert chart["error"] == "", chart
-        assert want_points > 0
+        assert want_points > 0, payloads
         assert chart["points"] == want_points
         assert chart["series"] == want_series
+        assert len(chart["panels"]) == len(payloads)
         assert all(p["coloured"] > 300 for p in chart["panels"]), chart["panels"]
-        assert payloads[0]["parameterization"] in chart["panels"][0]["caption"]
+        for panel, payload in zip(chart["panels"], payloads):
+            assert payload["parameterization"] in panel["caption"], (payload["parameterization"], panel["caption"])
+            assert all(note in panel["caption"] for note in payload["notes"]), (payload["notes"], panel["caption"])
+        # The chart widget is display-only: saving the workflow must not add it to the node's widget values.
+        saved = editor.page.evaluate("(id) => app.graph.getNodeById(id).serialize().widgets_values", int(node_id))
+        loaded = next(node for node in workflow["nodes"] if str(node["id"]) == node_id)["widgets_values"]
+        assert saved == loaded, (saved, loaded)
+    assert editor.findings() == [], editor.findings()
+
+
+def test_tick_and_payload_helpers(editor):
+    """The exported pure helpers of the module the page loaded (same URL, so the same module instance)."""
+    result = editor.page.evaluate("""async () => {
+        const m = await import('/extensions/ComfyUI-FlowScope/js/flowscope_charts.js');
+        return {
+            log: m.logTicks(0.003, 250),
+            logNarrow: m.logTicks(0.02, 0.9),
+            linear: m.linearTicks(-0.013, 0.061, 5),
+            tiny: m.linearTicks(1e17, 1e17 + 32, 5),
+            labels: [1e-5, 0.001, 0.5, 12345, 0].map(m.formatNumber),
+            elements: [m.payloadElements([{a: 1}]).length, m.payloadElements([[{a: 1}, {b: 2}]]).length,
+                       m.payloadElements('x').length],
+            noY: m.normalizeChart({series: [{x: [1]}]}).error,
+            xDefault: m.normalizeChart({series: [{y: [3, 4]}]}).chart.series[0].x,
+        };
+    }""")
+    assert result["log"] == [0.01, 0.1, 1, 10, 100], result["log"]
+    assert result["logNarrow"] == [0.02, 0.05, 0.1, 0.2, 0.5], result["logNarrow"]
+    assert result["linear"][0] >= -0.013 and result["linear"][-1] <= 0.061 and 0 in result["linear"], result["linear"]
+    assert len(result["tiny"]) == 2, result["tiny"]  # a span below float resolution must not loop
+    assert result["labels"] == ["1e-5", "0.001", "0.5", "1.23e4", "0"], result["labels"]
+    assert result["elements"] == [1, 2, 0]
+    assert result["noY"] == "no series has a y array"
+    assert result["xDefault"] == [0, 1]
     assert editor.findings() == [], editor.findings()

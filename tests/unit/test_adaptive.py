@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import DATA_END_SIGMA, rms, uniform
+from tests.unit.analytic_problems import DATA_END_SIGMA, rms, uniform
 from samplers.adaptive import sample_adaptive
 from samplers.runge_kutta import sample_rk
 from samplers.step_control import PIController

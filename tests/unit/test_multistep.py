@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from conftest import DATA_END_SIGMA, alternating, measured_order, uniform
+from tests.unit.analytic_problems import DATA_END_SIGMA, alternating, measured_order, uniform
 from samplers.multistep import adams_bashforth_weights, sample_adams_bashforth
 
 

@@ -3,7 +3,7 @@ measured."""
 import pytest
 import torch
 
-from conftest import alternating, measured_order, rms, uniform
+from tests.unit.analytic_problems import alternating, measured_order, rms, uniform
 from samplers.multistep import adams_bashforth_weights
 from samplers.optimizers import sample_gradient_estimation, sample_heavy_ball, sample_nesterov, sample_secant
 from samplers.runge_kutta import sample_rk

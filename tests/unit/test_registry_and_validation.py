@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import denoiser_of, make_mixture, uniform
+from tests.unit.analytic_problems import denoiser_of, make_mixture, uniform
 from samplers import SAMPLER_INFO, SAMPLERS, SCHEDULE_INFO, SCHEDULES
 from samplers.common import validate_latent, validate_sigmas
 

@@ -3,7 +3,7 @@ fs_euler with k-diffusion's sample_euler."""
 import pytest
 import torch
 
-from conftest import DATA_END_SIGMA, denoiser_of, make_mixture, measured_order, rms, uniform
+from tests.unit.analytic_problems import DATA_END_SIGMA, denoiser_of, make_mixture, measured_order, rms, uniform
 from samplers.runge_kutta import rk_step, sample_fs_euler, sample_rk
 from samplers.tableaux import RK4
 

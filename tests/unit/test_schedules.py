@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import DATA_END_SIGMA, denoiser_of, make_mixture
+from tests.unit.analytic_problems import DATA_END_SIGMA, denoiser_of, make_mixture
 from samplers.schedules import (SCHEDULES, cosine_sigmas, flux_mu, flux_shift, flux_sigmas,
                                 linear_quadratic_sigmas, sd3_shift, shifted_sigmas, trajectory_adaptive_sigmas,
                                 uniform_sigmas)

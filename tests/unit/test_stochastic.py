@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from conftest import DATA_END_SIGMA, denoiser_of, make_mixture, measured_order, uniform
+from tests.unit.analytic_problems import DATA_END_SIGMA, denoiser_of, make_mixture, measured_order, uniform
 from samplers.runge_kutta import sample_rk
 from samplers.schedules import karras_sigmas
 from samplers.stochastic import ddim_coefficients, sample_ddim, sample_flow_sde, sample_langevin_pc

@@ -11,6 +11,9 @@
 //   dataset.flowscopePoints = finite points drawn (all charts; a value <= 0 on a log axis is not drawn)
 //   dataset.flowscopeSeries = series drawn (all charts)
 //   dataset.flowscopeError  = the message shown instead of a chart, "" when every chart drew
+// and each chart panel (.flowscope-chart-panel) its own flowscopePoints, flowscopeSeries, flowscopeYLog ("1"/"0")
+// flowscopeHover (JSON {series, x, y} of the point the hover read-out shows, "" when none) and flowscopePlot
+// (JSON {left, top, right, bottom}: the plot area in canvas CSS pixels).
 
 import { app } from "../../../scripts/app.js";
 
@@ -31,7 +34,7 @@ const COLORS = {
 };
 const FONT = "11px sans-serif";
 const TITLE_FONT = "bold 12px sans-serif";
-const CANVAS_MIN_HEIGHT = 180;
+const CANVAS_MIN_HEIGHT = 220;
 const TOOLBAR_HEIGHT = 22;
 const CAPTION_LINE_HEIGHT = 15;
 const MAX_POINTS_PER_SERIES = 100000;
@@ -118,10 +121,12 @@ function niceStep(span, count) {
 export function linearTicks(min, max, count = 5) {
     if (!(max > min)) return [min];
     const step = niceStep(max - min, count);
+    const first = Math.ceil(min / step - 1e-9);
+    const last = Math.floor(max / step + 1e-9);
+    // Below float resolution (e.g. 1e17 … 1e17 + 32) tick indices stop being distinct: plain ends then.
+    if (!(last >= first) || last - first > 50 || first + 1 === first) return [min, max];
     const ticks = [];
-    for (let v = Math.ceil(min / step - 1e-9) * step; v <= max + step * 1e-9; v += step) {
-        ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
-    }
+    for (let k = 0; k <= last - first; k++) ticks.push(first + k === 0 ? 0 : (first + k) * step);
     return ticks;
 }
 
@@ -422,6 +427,7 @@ export function drawChart(ctx, chart, width, height, { yLog = chart.yLog, hover 
         series: chart.series.length,
         screen,
         nearest: nearest ? { series: nearest.series.name, x: nearest.x, y: nearest.y } : null,
+        plot: { left, top, right, bottom },
     };
 }
 
@@ -461,6 +467,7 @@ function createPanel(chart, onDrawn) {
     const message = messageElement("");
     message.style.display = "none";
     const caption = el("div", `flex:none;font:11px sans-serif;color:${COLORS.muted};line-height:${CAPTION_LINE_HEIGHT}px;padding:0 2px;overflow-wrap:anywhere;`);
+    caption.className = "flowscope-caption";
     if (chart.parameterization) {
         const text = /^parameteri[sz]ation/i.test(chart.parameterization)
             ? chart.parameterization : `parameterization: ${chart.parameterization}`;
@@ -511,6 +518,8 @@ function createPanel(chart, onDrawn) {
         panel.dataset.flowscopePoints = String(result.points);
         panel.dataset.flowscopeSeries = String(result.series);
         panel.dataset.flowscopeYLog = state.yLog ? "1" : "0";
+        panel.dataset.flowscopeHover = result.nearest ? JSON.stringify(result.nearest) : "";
+        panel.dataset.flowscopePlot = result.plot ? JSON.stringify(result.plot) : "";
         onDrawn();
     };
 
@@ -626,7 +635,9 @@ function fitHeight(element) {
 
 function createChartElement() {
     const element = el("div", "display:flex;flex-direction:column;gap:6px;width:100%;height:100%;box-sizing:border-box;padding:4px;overflow:hidden;");
-    element.className = "flowscope-chart";
+    // "widget-expands": the Vue renderer lets such a widget take the node's spare height (as its own
+    // textarea, markdown and 3D widgets do); the classic renderer ignores the class.
+    element.className = "flowscope-chart widget-expands";
     element.dataset.flowscopeDrawn = "0";
     return element;
 }
@@ -648,7 +659,8 @@ export function showNodeCharts(node, value) {
     // Grow the node so the chart gets at least its minimum size (never shrink what the user chose).
     const wanted = node.computeSize?.();
     if (wanted && node.size) {
-        node.setSize([Math.max(node.size[0], wanted[0], 420), Math.max(node.size[1], wanted[1])]);
+        const minWidth = widget.element.flowscopePanels.length ? 420 : 0;
+        node.setSize([Math.max(node.size[0], wanted[0], minWidth), Math.max(node.size[1], wanted[1])]);
     }
     node.setDirtyCanvas?.(true, true);
     app.graph?.setDirtyCanvas?.(true, true);
