@@ -16,7 +16,7 @@ import latent_preview
 import torch
 
 from ..samplers.trajectory import Trajectory, TrajectoryRecorder, straightness
-from . import charts
+from ..diagnostics import charts
 from .comfy_io import TrajectoryType, io
 from .comfy_sampling import comfy_sampler_function, is_flow_model
 
@@ -128,14 +128,7 @@ def _trajectories(who: str, *candidates) -> list[Trajectory]:
 
 
 def _status_notes(trajectories) -> list[str]:
-    notes = []
-    for trajectory in trajectories:
-        if trajectory.status != "complete":
-            notes.append(f"warning: '{trajectory.label}' is {trajectory.status} (partial path)")
-        non_finite = int((~torch.isfinite(trajectory.call_velocity_rms)).sum())
-        if non_finite:
-            notes.append(f"warning: '{trajectory.label}' has {non_finite} non-finite velocity values (skipped)")
-    return notes
+    return [note for trajectory in trajectories for note in trajectory.warnings()]
 
 
 def _parameterization(trajectories) -> str:

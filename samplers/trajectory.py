@@ -77,6 +77,17 @@ class Trajectory:
     def nfe(self) -> int:
         return int(self.call_step.shape[0])
 
+    def warnings(self) -> list[str]:
+        """Problems a chart should state next to the numbers (partial path, non-finite values)."""
+        notes = []
+        if self.status != "complete":
+            notes.append(f"warning: '{self.label}' is {self.status} (partial path)")
+        non_finite = sum(int((~torch.isfinite(t)).sum()) for t in
+                         (self.call_velocity_rms, self.secant_sq, self.segment_length, self.chord_sq))
+        if non_finite:
+            notes.append(f"warning: '{self.label}' has {non_finite} non-finite values (skipped in charts)")
+        return notes
+
     def validate(self, who: str) -> None:
         if self.steps < 1:
             raise ValueError(f"{who}: the trajectory '{self.label}' has no completed step "

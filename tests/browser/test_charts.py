@@ -113,7 +113,7 @@ SYNTHETIC = {
 
 
 def test_synthetic_payload_draws_toggles_log_and_hovers(editor):
-    node_id = editor.page.evaluate(SHOW_SYNTHETIC, [{"flowscope_chart": [SYNTHETIC]}, [120, 120]])
+    node_id = editor.page.evaluate(SHOW_SYNTHETIC, [{"flowscope_chart": [SYNTHETIC]}, [320, 160]])
     handle = chart_element(editor, node_id)
     chart = read_chart(editor, handle)
     editor.screenshot(f"synthetic-{editor.renderer}.png")

@@ -1,5 +1,5 @@
 """Charts of the diagnostic nodes: one JSON-able payload drawn twice — server-side as an IMAGE (matplotlib,
-so it works through the API, PreviewImage and SaveImage) and in the node by web/js/flowscope_charts.js.
+so it works through the API, PreviewImage and SaveImage) and in the node by web/js/flowscope_charts.js. Pure Python + matplotlib (no ComfyUI imports).
 
 Payload: ``{"title", "x_label", "y_label", "x_log", "y_log", "x_reversed", "parameterization",
 "series": [{"name", "x", "y", "style": "line"|"points"|"bars"}], "notes": [str]}``; non-finite values are
