@@ -3,5 +3,6 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/provision.sh"
+bash "$ROOT/scripts/install_browser.sh"
 cd "$ROOT"
 exec "${FLOWSCOPE_VENV:-$ROOT/.venv}/bin/python" -m pytest -ra "$@"
