@@ -70,11 +70,15 @@ class MultistepSampler(io.ComfyNode):
             "FlowScopeSamplerAdamsBashforth", "Adams–Bashforth Sampler",
             "Variable-step Adams–Bashforth (multistep = momentum): 1 NFE per step after a high-order warm start.",
             [io.Int.Input("order", default=2, min=2, max=4,
-                          tooltip="2, 3 or 4. Higher orders pay off from ~10 steps on smooth (flow) paths.")])
+                          tooltip="2, 3 or 4. Higher orders pay off from ~10 steps on smooth (flow) paths."),
+             io.Combo.Input("warm_start", options=["runge_kutta", "lower_order"], default="runge_kutta",
+                            tooltip="runge_kutta: first order−1 steps by Heun/RK4 (nominal order, 2–4 NFE "
+                                    "each); lower_order: Euler, AB2, … (1 NFE per step from the start; best "
+                                    "for few steps, order 2).")])
 
     @classmethod
-    def execute(cls, order) -> io.NodeOutput:
-        return io.NodeOutput(make_sampler(core.sample_adams_bashforth, order=order))
+    def execute(cls, order, warm_start="runge_kutta") -> io.NodeOutput:
+        return io.NodeOutput(make_sampler(core.sample_adams_bashforth, order=order, warm_start=warm_start))
 
 
 class OptimizerSampler(io.ComfyNode):

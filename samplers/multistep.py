@@ -47,11 +47,15 @@ def adams_bashforth_weights(past_sigmas, sigma_next) -> list[float]:
 
 
 def sample_adams_bashforth(model, x, sigmas, extra_args=None, callback=None, disable=None, order=2,
-                           data_end_sigma=None):
+                           data_end_sigma=None, warm_start="runge_kutta"):
     """Variable-step Adams–Bashforth of ``order`` 2, 3 or 4 (Bashforth & Adams 1883; Hairer et al. I §III.5).
 
-    1 NFE per step after a warm start of ``order − 1`` RK steps (Heun for AB2, RK4 for AB3/AB4).
-    ``data_end_sigma`` only matters for a warm-start step that ends at σ = 0.
+    ``warm_start="runge_kutta"``: the first ``order − 1`` steps are RK steps (Heun for AB2, RK4 for AB3/AB4),
+    so the measured order is the nominal one; they cost 2 or 4 NFE each. ``warm_start="lower_order"``: the
+    first steps are Euler, AB2, … (the bootstrap of PNDM/DPM-Solver-style multistep samplers), 1 NFE per step
+    from the start — the global order drops by one (the first step's local error is O(h²)), but at small NFE
+    budgets the saved evaluations buy more steps. ``data_end_sigma`` only matters for an RK warm-start step
+    that ends at σ = 0.
     """
     who = f"fs_ab{order}"
     if order not in (2, 3, 4):
@@ -59,6 +63,8 @@ def sample_adams_bashforth(model, x, sigmas, extra_args=None, callback=None, dis
     grid = validate_sigmas(sigmas, who)
     validate_latent(x, who)
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
+    if warm_start not in ("runge_kutta", "lower_order"):
+        raise ValueError(f"{who}: warm_start = {warm_start!r} must be 'runge_kutta' or 'lower_order'")
     derivative = ModelDerivative(model, x, sigmas, extra_args, data_end_sigma)
     warm_tableau = HEUN if order == 2 else RK4
     history = []  # derivatives d_n, d_{n-1}, … (newest first)
@@ -68,12 +74,12 @@ def sample_adams_bashforth(model, x, sigmas, extra_args=None, callback=None, dis
         report(callback, x, i, sigmas[i], evaluation.denoised)
         history.insert(0, evaluation.derivative)
         del history[order:]
-        if sigma_next == 0 and data_end_sigma is None and i < order - 1:
-            x = rk_step(derivative, x, sigma, sigma_next, EULER, first_derivative=evaluation).x
-        elif i < order - 1:
-            x = rk_step(derivative, x, sigma, sigma_next, warm_tableau, first_derivative=evaluation).x
+        steps_back = min(order, i + 1) if warm_start == "lower_order" else order
+        if i < steps_back - 1 or (warm_start == "runge_kutta" and i < order - 1):
+            stepper = EULER if (sigma_next == 0 and data_end_sigma is None) else warm_tableau
+            x = rk_step(derivative, x, sigma, sigma_next, stepper, first_derivative=evaluation).x
         else:
-            weights = adams_bashforth_weights(grid[i - order + 1:i + 1][::-1], sigma_next)
+            weights = adams_bashforth_weights(grid[i - steps_back + 1:i + 1][::-1], sigma_next)
             increment = None
             for weight, d in zip(weights, history):
                 term = d * weight
@@ -83,9 +89,11 @@ def sample_adams_bashforth(model, x, sigmas, extra_args=None, callback=None, dis
 
 
 def _named(order):
-    def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, data_end_sigma=None):
+    def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, data_end_sigma=None,
+                warm_start="runge_kutta"):
         return sample_adams_bashforth(model, x, sigmas, extra_args=extra_args, callback=callback,
-                                      disable=disable, order=order, data_end_sigma=data_end_sigma)
+                                      disable=disable, order=order, data_end_sigma=data_end_sigma,
+                                      warm_start=warm_start)
 
     sampler.__name__ = sampler.__qualname__ = f"sample_fs_ab{order}"
     sampler.__doc__ = f"Variable-step Adams–Bashforth {order} (1 NFE/step), see :func:`sample_adams_bashforth`."

@@ -61,3 +61,29 @@ def test_one_evaluation_per_step_after_the_warm_start(problem, order, warm_cost)
 def test_bad_order():
     with pytest.raises(ValueError, match="order = 5 must be 2, 3 or 4"):
         sample_adams_bashforth(None, torch.zeros(1, 2), uniform(3), order=5)
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_lower_order_warm_start_costs_one_evaluation_per_step_and_keeps_order_two(problem, order):
+    """Euler → AB2 → … bootstrap: exactly `steps` NFE; the Euler first step (local error O(h²)) limits the
+    global order to 2 for AB3/AB4, AB2 stays second order."""
+    calls = []
+
+    def counting(x, sigma, **extra_args):
+        calls.append(1)
+        return problem.model(x, sigma)
+
+    sample_adams_bashforth(counting, problem.noise, uniform(12), order=order, warm_start="lower_order",
+                           disable=True)
+    assert len(calls) == 12
+
+    def run(model, x, sigmas):
+        return sample_adams_bashforth(model, x, sigmas, order=order, warm_start="lower_order", disable=True)
+
+    measured, errors = measured_order(run, problem, [32, 64, 128, 256], uniform)
+    assert measured > 1.7, (order, measured, errors)
+
+
+def test_unknown_warm_start_is_rejected():
+    with pytest.raises(ValueError, match="warm_start = 'rk' must be"):
+        sample_adams_bashforth(None, torch.zeros(1, 2), uniform(3), warm_start="rk")

@@ -1,0 +1,364 @@
+"""Quality benchmark: endpoint error vs NFE of every ComfyUI built-in sampler × scheduler and every FlowScope
+sampler × schedule, all through ComfyUI's real sampling path (CFGGuider.sample on the demo MODELs).
+
+    .venv/bin/python benchmarks/quality.py            # full run, writes docs/benchmark_quality.md + .png + .json
+    .venv/bin/python benchmarks/quality.py --quick --out /tmp/q.md   # CI smoke test (a few minutes)
+
+Problems: the analytic mixture (exact log-density), digits-flow and digits-diffusion with and without CFG.
+Reference per problem: fs_dopri5 at a tight tolerance from the same noise; its own accuracy is reported as the
+difference to a 10× tighter solve. Budgets count model calls (the CFG batch counts once); a method gets the
+largest step count whose NFE fits the budget. Metrics: endpoint RMS error (over samples and dimensions),
+median per-sample RMS error, mode-flip rate (mixture component / digit class differs from the reference's),
+and on the analytic problem the mean exact log-likelihood shift against the reference samples.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import pathlib
+import platform
+import sys
+import time
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.comfy_inprocess import CountingGuider, boot, pack_module  # noqa: E402
+
+BUDGETS = (4, 8, 16, 32)
+SKIPPED_BUILTINS = {"dpm_adaptive": "adaptive step count, its NFE cannot be set to a budget"}
+TRAJECTORY_ADAPTIVE = "fs_trajectory_adaptive"
+# FlowScope configurations beyond the dropdown defaults (options of the sampler nodes).
+FLOWSCOPE_VARIANTS = {
+    "fs_ab2+lo": ("sample_adams_bashforth", {"order": 2, "warm_start": "lower_order"}),
+    "fs_ab3+lo": ("sample_adams_bashforth", {"order": 3, "warm_start": "lower_order"}),
+    "fs_ab4+lo": ("sample_adams_bashforth", {"order": 4, "warm_start": "lower_order"}),
+}
+ADAPTIVE_STEP_COST = {"fs_bosh3": 4, "fs_dopri5": 7}  # NFE of the first embedded step (FSAL afterwards)
+
+
+class Problem:
+    def __init__(self, name, model_name, cfg, batch, seed=0):
+        import comfy.sample
+
+        networks = pack_module("models.networks")
+        self.name, self.model_name, self.cfg = name, model_name, cfg
+        self.model = pack_module("nodes.demo_models").load_demo_model(model_name)
+        self.model_sampling = self.model.get_model_object("model_sampling")
+        labels = torch.arange(batch) % 10
+        positive = torch.nn.functional.one_hot(labels, networks.CONDITION_DIM).float()[:, None]
+        if model_name == "analytic":  # the whole mixture: an unconditional exact flow
+            positive = networks.condition_vector(None).repeat(batch, 1, 1)
+        self.labels = labels
+        self.guider = CountingGuider(self.model, [[positive, {}]], [[networks.condition_vector(None), {}]], cfg)
+        latent = torch.zeros(batch, 4, 8, 8)
+        self.latent = comfy.sample.fix_empty_latent_channels(self.model, latent)
+        self.noise = torch.randn(self.latent.shape, generator=torch.Generator().manual_seed(seed))
+        self.seed = seed
+
+    def sigmas(self, scheduler: str, steps: int) -> torch.Tensor:
+        import comfy.samplers
+
+        return comfy.samplers.calculate_sigmas(self.model_sampling, scheduler, steps).cpu()
+
+    def run(self, sampler, sigmas):
+        with torch.inference_mode():
+            return self.guider.sample(sampler, sigmas, self.noise, self.latent, seed=self.seed)
+
+
+def flowscope_sampler(function_name: str, **options):
+    """A FlowScope sampler with node options, wrapped exactly as the sampler nodes do."""
+    from ComfyUI_FlowScope import samplers as core
+    from ComfyUI_FlowScope.nodes.sampler_nodes import make_sampler
+
+    return make_sampler(getattr(core, function_name), **options)
+
+
+def adaptive_sampler(method: str, **options):
+    return flowscope_sampler("sample_adaptive", method=method, **options)
+
+
+def reference_solution(problem: Problem, rtol: float):
+    """Tight fs_dopri5 from σ_max to the model's σ_min (then the same σ = 0 end as every contender)."""
+    sigma_max = float(problem.model_sampling.sigma_max)
+    end = [0.0] if problem.model_name != "digits-diffusion" else [float(problem.model_sampling.sigma_min), 0.0]
+    sigmas = torch.tensor([sigma_max, *end], dtype=torch.float32)
+    options = {"rtol": rtol, "atol": rtol / 10, "max_nfe": 200000, "error_norm": "per_sample"}
+    solution, nfe = problem.run(adaptive_sampler("dopri5", **options), sigmas)
+    check, _ = problem.run(adaptive_sampler("dopri5", **{**options, "rtol": rtol / 10, "atol": rtol / 100}), sigmas)
+    accuracy = float((solution - check).pow(2).mean().sqrt())
+    return check, nfe, accuracy
+
+
+class Labeler:
+    """Mode of a sample: mixture component (analytic) or nearest-class-mean digit (digits models)."""
+
+    def __init__(self):
+        digits = pack_module("models.digits_data")
+        train_x, train_y, _, _ = digits.load_digits_split()
+        self.classifier = digits.NearestClassMean(train_x, train_y)
+        gaussian_mixture = pack_module("samplers.gaussian_mixture")
+        from safetensors.torch import load_file
+
+        weights = load_file(str(ROOT / "models" / "analytic.safetensors"))
+        self.mixture = gaussian_mixture.GaussianMixture(weights["means"].double(), weights["stds"].double(),
+                                                        weights["log_weights"].double())
+
+    def modes(self, problem: Problem, samples):
+        if problem.model_name == "analytic":
+            return self.mixture.component_of(samples.double())
+        return self.classifier.predict(samples)
+
+    def log_likelihood(self, samples):
+        return self.mixture.log_prob(samples.double(), 0.0)
+
+
+def metrics(problem, labeler, samples, reference, reference_modes):
+    per_sample = (samples - reference).reshape(samples.shape[0], -1).pow(2).mean(1).sqrt()
+    result = {"rms_error": float(per_sample.pow(2).mean().sqrt()), "median_error": float(per_sample.median()),
+              "mode_flip": float((labeler.modes(problem, samples) != reference_modes).float().mean())}
+    if problem.model_name == "analytic":
+        result["loglik_shift"] = float(labeler.log_likelihood(samples).mean()
+                                       - labeler.log_likelihood(reference).mean())
+    if not math.isfinite(result["rms_error"]):
+        result["rms_error"] = result["median_error"] = float("inf")
+    return result
+
+
+def nfe_model(problem, sampler, scheduler):
+    """NFE(steps) ≈ a·steps + b, measured at 2 and 3 steps (exact for every fixed-step method)."""
+    counts = [problem.run(sampler, problem.sigmas(scheduler, steps))[1] for steps in (2, 3)]
+    slope = counts[1] - counts[0]
+    return slope, counts[0] - 2 * slope
+
+
+def run_in_budget(problem, sampler_factory, scheduler, budget, slope_intercept, sigmas_for=None):
+    """Largest step count whose NFE fits; returns (samples, nfe, steps) or None when even 1 step does not fit."""
+    slope, intercept = slope_intercept
+    steps = max(1, int((budget - intercept) // max(slope, 1)))
+    while steps >= 1:
+        sigmas = sigmas_for(steps) if sigmas_for else problem.sigmas(scheduler, steps)
+        samples, nfe = problem.run(sampler_factory(), sigmas)
+        if nfe <= budget:
+            return samples, nfe, steps
+        steps -= 1
+    return None
+
+
+def contenders(quick: bool):
+    import comfy.samplers
+
+    fs_samplers = [name for name in comfy.samplers.SAMPLER_NAMES if name.startswith("fs_")]
+    builtin_samplers = [name for name in comfy.samplers.SAMPLER_NAMES
+                        if not name.startswith("fs_") and name not in SKIPPED_BUILTINS]
+    builtin_schedulers = [name for name in comfy.samplers.SCHEDULER_NAMES if not name.startswith("fs_")]
+    fs_schedulers = [name for name in comfy.samplers.SCHEDULER_NAMES if name.startswith("fs_")]
+    if quick:
+        builtin_samplers = ["euler", "heun", "dpmpp_2m", "uni_pc"]
+        builtin_schedulers = ["simple", "karras"]
+        fs_samplers = ["fs_euler", "fs_heun", "fs_ab2", "fs_ab3", "fs_secant", "fs_grad_est", "fs_dopri5"]
+        fs_schedulers = ["fs_cosine"]
+    fs_samplers += [name for name in FLOWSCOPE_VARIANTS if not quick or name in ("fs_ab3+lo",)]
+    rows = [("built-in", s, sch) for s in builtin_samplers for sch in builtin_schedulers]
+    rows += [("FlowScope", s, sch) for s in fs_samplers for sch in fs_schedulers + builtin_schedulers
+             + [TRAJECTORY_ADAPTIVE]]
+    return rows
+
+
+def trajectory_adaptive_grid(problem, steps, order, cache):
+    """The trajectory-adaptive schedule from a 16-step Heun pilot of the same noise (pilot NFE reported apart)."""
+    key = (steps, order)
+    if key not in cache:
+        import comfy.samplers
+
+        from ComfyUI_FlowScope.nodes.comfy_sampling import FLOW_DATA_END_SIGMA, is_flow_model
+        from ComfyUI_FlowScope.samplers import trajectory_adaptive_sigmas
+
+        result = {}
+        flow = is_flow_model(problem.model_sampling)
+
+        def pilot(model, x, sigmas, extra_args=None, callback=None, disable=None):
+            result["sigmas"] = trajectory_adaptive_sigmas(model, x, sigmas, steps, extra_args=extra_args, order=order,
+                                                          data_end_sigma=FLOW_DATA_END_SIGMA if flow else None)
+            return x
+
+        problem.run(comfy.samplers.KSAMPLER(pilot), problem.sigmas("simple" if flow else "karras", 16))
+        cache[key] = result["sigmas"]
+    return cache[key]
+
+
+def benchmark(quick: bool, log=print):
+    boot()
+    import comfy.samplers
+
+    sampler_info = pack_module("samplers").SAMPLER_INFO
+    batch = 16 if quick else 64
+    problem_specs = [("analytic", "analytic", 1.0), ("digits-flow", "digits-flow", 1.0),
+                     ("digits-flow cfg 3", "digits-flow", 3.0), ("digits-diffusion", "digits-diffusion", 1.0),
+                     ("digits-diffusion cfg 3", "digits-diffusion", 3.0)]
+    budgets = (4, 8) if quick else BUDGETS
+    if quick:
+        problem_specs = problem_specs[:2] + problem_specs[3:4]
+    labeler = Labeler()
+    results, references = [], {}
+    for problem_name, model_name, cfg in problem_specs:
+        problem = Problem(problem_name, model_name, cfg, batch)
+        started = time.time()
+        reference, reference_nfe, accuracy = reference_solution(problem, 1e-5 if quick else 1e-7)
+        reference_modes = labeler.modes(problem, reference)
+        references[problem_name] = {"nfe": reference_nfe, "accuracy": accuracy}
+        log(f"[{problem_name}] reference: {reference_nfe} NFE, accuracy {accuracy:.2e}")
+        grids = {}
+        for family, sampler_name, scheduler in contenders(quick):
+            order = sampler_info.get(sampler_name, {}).get("order", 1) if family == "FlowScope" else 1
+            if sampler_name in ADAPTIVE_STEP_COST:
+                method = sampler_name.removeprefix("fs_")
+
+                def factory(budget=None, method=method):
+                    return adaptive_sampler(method, nfe_budget=budget, max_nfe=budget, rtol=1e-3, atol=1e-4)
+            elif sampler_name in FLOWSCOPE_VARIANTS:
+                def factory(budget=None, name=sampler_name):
+                    function_name, options = FLOWSCOPE_VARIANTS[name]
+                    return flowscope_sampler(function_name, **options)
+            else:
+                def factory(budget=None, name=sampler_name):
+                    return comfy.samplers.sampler_object(name)
+            try:
+                probe_scheduler = "simple" if scheduler == TRAJECTORY_ADAPTIVE else scheduler
+                slope_intercept = nfe_model(problem, factory(64), probe_scheduler) if "dopri" not in sampler_name \
+                    and "bosh" not in sampler_name else (1, 0)
+            except Exception as error:  # a sampler that cannot run this problem at all is reported, not hidden
+                log(f"  {sampler_name}/{scheduler}: fails ({type(error).__name__}: {error})")
+                results.append({"problem": problem_name, "family": family, "sampler": sampler_name,
+                                "scheduler": scheduler, "budget": None, "failed": f"{type(error).__name__}: {error}"})
+                continue
+            for budget in budgets:
+                if budget < ADAPTIVE_STEP_COST.get(sampler_name, 0):
+                    continue  # one embedded step does not fit this budget
+                sigmas_for = None
+                if scheduler == TRAJECTORY_ADAPTIVE:
+                    def sigmas_for(steps, order=order):
+                        return trajectory_adaptive_grid(problem, steps, min(order, 4), grids)
+                try:
+                    outcome = run_in_budget(problem, lambda: factory(budget), probe_scheduler, budget,
+                                            slope_intercept, sigmas_for)
+                except Exception as error:
+                    outcome = None
+                    log(f"  {sampler_name}/{scheduler}@{budget}: fails ({type(error).__name__}: {error})")
+                if outcome is None:
+                    continue
+                samples, nfe, steps = outcome
+                row = {"problem": problem_name, "family": family, "sampler": sampler_name, "scheduler": scheduler,
+                       "budget": budget, "nfe": nfe, "steps": steps,
+                       **metrics(problem, labeler, samples, reference, reference_modes)}
+                results.append(row)
+        log(f"[{problem_name}] done in {time.time() - started:.0f} s")
+    return results, references
+
+
+def best_rows(results):
+    best = {}
+    for row in results:
+        if row.get("budget") is None or not math.isfinite(row["rms_error"]):
+            continue
+        key = (row["problem"], row["budget"], row["family"])
+        if key not in best or row["rms_error"] < best[key]["rms_error"]:
+            best[key] = row
+    return best
+
+
+def report(results, references, command, quick) -> tuple[str, dict]:
+    best = best_rows(results)
+    problems = list(dict.fromkeys(row["problem"] for row in results))
+    budgets = sorted({row["budget"] for row in results if row.get("budget")})
+    lines = [
+        "# Quality benchmark: endpoint error vs NFE", "",
+        f"Command: `{command}`  ",
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads; torch {torch.__version__}; mode: {'quick' if quick else 'full'}.", "",
+        "References (fs_dopri5, tight tolerance, same noise): " + "; ".join(
+            f"{name}: {ref['nfe']} NFE, own accuracy {ref['accuracy']:.1e}" for name, ref in references.items()), "",
+        "Best configuration per family and budget (RMS error over samples and latent dimensions; mode flip = share "
+        "of samples whose mixture component / digit class differs from the reference's; Δlog p = mean exact "
+        "log-likelihood shift against the reference, analytic only). The ratio is FlowScope's best error over the "
+        "built-in best; the target is ≤ 0.5 with no worse mode-flip rate.", "",
+        "| problem | NFE | best built-in (sampler / scheduler) | error | flips | best FlowScope (sampler / schedule) | "
+        "error | flips | ratio | target met |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    summary = {}
+    for problem in problems:
+        for budget in budgets:
+            builtin, ours = best.get((problem, budget, "built-in")), best.get((problem, budget, "FlowScope"))
+            if not builtin or not ours:
+                continue
+            ratio = ours["rms_error"] / builtin["rms_error"] if builtin["rms_error"] > 0 else float("inf")
+            met = ratio <= 0.5 and ours["mode_flip"] <= builtin["mode_flip"]
+            summary[(problem, budget)] = {"ratio": ratio, "met": met}
+            lines.append(
+                f"| {problem} | {budget} | {builtin['sampler']} / {builtin['scheduler']} ({builtin['nfe']}) | "
+                f"{builtin['rms_error']:.2e} | {builtin['mode_flip']:.2f} | {ours['sampler']} / {ours['scheduler']} "
+                f"({ours['nfe']}) | {ours['rms_error']:.2e} | {ours['mode_flip']:.2f} | {ratio:.2f} | "
+                f"{'yes' if met else 'no'} |")
+    analytic = [row for row in results if row["problem"] == "analytic" and row.get("budget")]
+    if analytic:
+        lines += ["", "Analytic problem, Δlog p of the best configurations (nats per sample):", "",
+                  "| NFE | built-in | FlowScope |", "|---|---|---|"]
+        for budget in budgets:
+            builtin, ours = best.get(("analytic", budget, "built-in")), best.get(("analytic", budget, "FlowScope"))
+            if builtin and ours:
+                lines.append(f"| {budget} | {builtin['loglik_shift']:+.3f} | {ours['loglik_shift']:+.3f} |")
+    failed = [row for row in results if row.get("failed")]
+    if failed:
+        lines += ["", "Configurations that could not run: " + "; ".join(
+            f"{row['problem']}: {row['sampler']}/{row['scheduler']} ({row['failed'][:80]})" for row in failed[:20])]
+    lines += ["", f"Skipped built-ins: " + "; ".join(f"{k} ({v})" for k, v in SKIPPED_BUILTINS.items()),
+              f"`{TRAJECTORY_ADAPTIVE}` is the trajectory-adaptive schedule; its 16-step Heun pilot (32 NFE, once "
+              "per prompt) is not counted in the budget."]
+    return "\n".join(lines) + "\n", summary
+
+
+def chart(results, path):
+    from ComfyUI_FlowScope.diagnostics import charts
+
+    best = best_rows(results)
+    problems = list(dict.fromkeys(row["problem"] for row in results))
+    series_list = []
+    for problem in problems:
+        for family in ("built-in", "FlowScope"):
+            points = sorted((budget, row["rms_error"]) for (p, budget, f), row in best.items()
+                            if p == problem and f == family)
+            if points:
+                series_list.append(charts.series(f"{problem} · {family}", [b for b, _ in points],
+                                                 [e for _, e in points]))
+    payload = charts.chart("Best endpoint error vs NFE", "NFE budget", "endpoint RMS error", series_list,
+                           x_log=True, y_log=True)
+    image = charts.render(payload, width=1000, height=650)
+    from PIL import Image
+
+    Image.fromarray((image[0].numpy() * 255).astype("uint8")).save(path)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few samplers, 3 problems, budgets 4 and 8")
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "benchmark_quality.md")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    command = "python benchmarks/quality.py" + (" --quick" if args.quick else "")
+    results, references = benchmark(args.quick)
+    text, summary = report(results, references, command, args.quick)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps({"references": references, "results": results}, indent=1))
+    chart(results, args.out.with_suffix(".png"))
+    met = sum(1 for s in summary.values() if s["met"])
+    print(text)
+    print(f"target met in {met} of {len(summary)} problem × budget cells; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
