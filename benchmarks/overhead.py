@@ -6,10 +6,10 @@ from ``comfy.samplers.sampler_object``), see :mod:`benchmarks.comfy_inprocess`.
 * **Per model call**: wall time of one sampling run divided by its NFE (counted model calls), for every
   ``fs_`` sampler and for ``euler`` at the same step count on the same model, noise and conditioning
   (CFG 3, so every model call is ComfyUI's batched cond+uncond call). Runs are interleaved
-  (``euler, fs_x, fs_x, euler, …``: the order alternates every repeat) and the reported ratio is the median of
-  the per-repeat ratios. The full mode also reports the *marginal* cost per call, ``(T(32) − T(16)) /
-  (NFE(32) − NFE(16))``, which removes the fixed per-run cost (guider setup, model loading check) that a
-  per-call ratio otherwise spreads over more calls for multi-stage samplers.
+  (``euler, fs_x, fs_x, euler, …``: the order alternates every repeat; each side of a repeat is the best of
+  ``--best`` back-to-back runs) and the reported ratio is the median of the per-repeat ratios; the same in
+  process CPU time as a cross-check. Also: the samplers' own loop cost with a free model (µs per call) and
+  the fixed per-run cost of ComfyUI's sampling path, which a per-call ratio spreads over NFE calls.
 * **Recording**: ``record_sampling`` (the Record Trajectory node, scalars only) against a plain
   ``CFGGuider.sample`` with the same sampler, interleaved, median of paired ratios.
 * **Memory**: what the recorder retains (its buffers and per-step/per-call series, and the finished
@@ -180,50 +180,95 @@ def quartiles(values):
 
 
 # -- per model call ------------------------------------------------------------------------------------
-def per_call(work: Workload, names, steps: int, repeats: int, marginal_steps: int | None, log):
-    """{name: {...}} with median per-call ms, median paired ratio to euler, IQR, NFE, marginal ratio."""
-    grids = {steps: work.sigmas(steps)}
-    if marginal_steps:
-        grids[marginal_steps] = work.sigmas(marginal_steps)
+def best_of(work: Workload, name: str, sigmas, best: int):
+    """(wall, NFE, CPU) of the fastest of ``best`` back-to-back runs (min: robust to preemption spikes)."""
+    runs = [timed_counting(work, name, sigmas) for _ in range(best)]
+    return min(runs, key=lambda run: run[0])[:2] + (min(run[2] for run in runs),)
+
+
+def per_call(work: Workload, names, steps: int, repeats: int, best: int, log):
+    """{name: {...}}: median over interleaved repeats of the per-call wall-time ratio to euler (each side the
+    best of ``best`` runs), its IQR, the same in CPU time, per-call ms and NFE."""
+    grid = work.sigmas(steps)
     for name in ("euler",) + tuple(names):  # warm-up (first-call allocations, lazy imports)
-        for grid in grids.values():
-            timed_counting(work, name, grid)
+        timed_counting(work, name, grid)
     results = {}
     euler_per_call = []
+    euler_nfe = None
     for name in names:
-        ratios, cpu_ratios, marginal_ratios, per_call_ms, nfes = [], [], [], [], {}
+        ratios, cpu_ratios, per_call_ms, nfe = [], [], [], None
         for repeat in range(repeats):
             order = ("euler", name) if repeat % 2 == 0 else (name, "euler")
-            times = {}
-            for who in order:
-                for count, grid in grids.items():
-                    elapsed, nfe, cpu = timed_counting(work, who, grid)
-                    times[who, count] = (elapsed, nfe)
-                    times[who, count, "cpu"] = cpu
-                    nfes[who, count] = nfe
-            (te, ne), (ts, ns) = times["euler", steps], times[name, steps]
-            ratios.append((ts / ns) / (te / ne))
-            cpu_ratios.append((times[name, steps, "cpu"] / ns) / (times["euler", steps, "cpu"] / ne))
-            per_call_ms.append(1e3 * ts / ns)
-            euler_per_call.append(1e3 * te / ne)
-            if marginal_steps:
-                (te2, ne2), (ts2, ns2) = times["euler", marginal_steps], times[name, marginal_steps]
-                if ns2 > ns and ne2 > ne:
-                    marginal_ratios.append(((ts2 - ts) / (ns2 - ns)) / ((te2 - te) / (ne2 - ne)))
+            times = {who: best_of(work, who, grid, best) for who in order}
+            (te, euler_nfe, ce), (ts, nfe, cs) = times["euler"], times[name]
+            ratios.append((ts / nfe) / (te / euler_nfe))
+            cpu_ratios.append((cs / nfe) / (ce / euler_nfe))
+            per_call_ms.append(1e3 * ts / nfe)
+            euler_per_call.append(1e3 * te / euler_nfe)
         low, high = quartiles(ratios)
         results[name] = dict(ratio=median(ratios), q1=low, q3=high, ms_per_call=median(per_call_ms),
-                             cpu_ratio=median(cpu_ratios),
-                             nfe=nfes[name, steps], marginal=median(marginal_ratios) if marginal_ratios else None)
-        log(f"  {work.name:>20} {name:<15} NFE {nfes[name, steps]:>3}  {median(per_call_ms):8.3f} ms/call  "
-            f"×euler {results[name]['ratio']:.3f} [{low:.3f}, {high:.3f}] cpu ×{results[name]['cpu_ratio']:.3f}"
-            + (f"  marginal ×{results[name]['marginal']:.3f}" if results[name]["marginal"] else ""))
+                             cpu_ratio=median(cpu_ratios), nfe=nfe)
+        log(f"  {work.name:>20} {name:<15} NFE {nfe:>3}  {median(per_call_ms):8.3f} ms/call  "
+            f"×euler {results[name]['ratio']:.3f} [{low:.3f}, {high:.3f}]  CPU ×{results[name]['cpu_ratio']:.3f}")
     results["euler"] = dict(ratio=1.0, q1=1.0, q3=1.0, ms_per_call=median(euler_per_call), cpu_ratio=1.0,
-                            nfe=timed_counting(work, "euler", grids[steps])[1], marginal=1.0 if marginal_steps else None)
+                            nfe=euler_nfe)
     return results
 
 
+def fixed_run_cost(work: Workload, steps: int, repeats: int, best: int) -> dict:
+    """The per-run cost outside the model calls and sampler loop (guider setup, conds, model-load check),
+    from euler at ``steps`` and ``4·steps``: ``T = fixed + NFE·per_call``."""
+    short, long = work.sigmas(steps), work.sigmas(4 * steps)
+    fixed, per = [], []
+    for _ in range(repeats):
+        (t1, n1, _), (t2, n2, _) = best_of(work, "euler", short, best), best_of(work, "euler", long, best)
+        slope = (t2 - t1) / (n2 - n1)
+        per.append(slope)
+        fixed.append(t1 - n1 * slope)
+    return dict(fixed_ms=1e3 * median(fixed), per_call_ms=1e3 * median(per))
+
+
+class FreeModel:
+    """A k-diffusion denoiser that costs (almost) nothing: isolates the samplers' own loop cost."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x, sigma, **_):
+        self.calls += 1
+        return x * 0.5
+
+
+def loop_cost(names, repeats: int, log) -> dict:
+    """µs of sampler-loop work per model call with a free model on a [4, 3, 8, 8] latent, 16 steps, calling
+    the sampler functions directly (ComfyUI's ``sample_euler`` and the pack's, as registered)."""
+    import comfy.k_diffusion.sampling as k_sampling
+    import torch
+
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigmas = torch.linspace(1.0, 0.0, 17)
+    functions = {name: getattr(k_sampling, f"sample_{name}") for name in ("euler",) + tuple(names)}
+
+    def once(function):
+        model = FreeModel()
+        with torch.inference_mode():
+            start = time.perf_counter()
+            function(model, x, sigmas, extra_args={"seed": 0}, disable=True)
+            return 1e6 * (time.perf_counter() - start) / model.calls
+
+    samples = {name: [] for name in functions}
+    for name, function in functions.items():
+        once(function)
+    for _ in range(repeats):
+        for name, function in functions.items():
+            samples[name].append(min(once(function) for _ in range(3)))
+    result = {name: median(values) for name, values in samples.items()}
+    log("  loop µs/call: " + ", ".join(f"{name} {value:.0f}" for name, value in result.items()))
+    return result
+
+
 # -- recording overhead -----------------------------------------------------------------------------------
-def recording_overhead(work: Workload, names, steps: int, repeats: int, log):
+def recording_overhead(work: Workload, names, steps: int, repeats: int, best: int, log):
     import torch
 
     diagnostics = pack_module("nodes.diagnostic_nodes")
@@ -251,11 +296,11 @@ def recording_overhead(work: Workload, names, steps: int, repeats: int, log):
         ratios, plain_ms, rec_ms, nfe = [], [], [], 0
         for repeat in range(repeats):
             if repeat % 2 == 0:
-                tp = plain(smp)
-                tr, nfe = recorded(smp)
+                tp = min(plain(smp) for _ in range(best))
+                tr, nfe = min(recorded(smp) for _ in range(best))
             else:
-                tr, nfe = recorded(smp)
-                tp = plain(smp)
+                tr, nfe = min(recorded(smp) for _ in range(best))
+                tp = min(plain(smp) for _ in range(best))
             ratios.append(tr / tp)
             plain_ms.append(1e3 * tp)
             rec_ms.append(1e3 * tr)
@@ -427,7 +472,7 @@ def _fmt_ratio(entry):
     return "–" if entry is None else f"{entry['ratio']:.3f}"
 
 
-def render(args, info, per_call_results, recording, memory, peaks, elapsed) -> str:
+def render(args, info, per_call_results, recording, memory, peaks, loop, fixed, elapsed) -> str:
     models = list(per_call_results)
     names = ["euler"] + [n for n in per_call_results[models[0]] if n != "euler"]
     out = []
@@ -443,9 +488,11 @@ def render(args, info, per_call_results, recording, memory, peaks, elapsed) -> s
     out.append("Method: ComfyUI's real `CFGGuider.sample` (CFG 3, cond+uncond batched in one model call) with "
                "samplers from `comfy.samplers.sampler_object`, `simple` schedule, "
                f"{args.steps} steps, in one process under `torch.inference_mode()`. Each `fs_` sampler is timed "
-               f"interleaved with `euler` ({args.repeats} repeats, order alternating); *× euler* is the median of the "
-               "per-repeat ratios of wall time per model call (time / NFE), [q1, q3] its interquartile range. "
-               "CPU timings on a shared 2-core machine are noisy: read differences inside the IQR as noise.\n")
+               f"interleaved with `euler` ({args.repeats} repeats on the demo models, 5 on {LARGE}; order alternating "
+               f"each repeat; within a repeat each side is the fastest of {args.best} back-to-back runs on the demo "
+               "models, of 1 on the large latent); *× euler* is the median of the per-repeat ratios of wall time per "
+               "model call (time / NFE), [q1, q3] their interquartile range. CPU timings on a shared 2-core machine "
+               "are noisy (other jobs ran concurrently): read differences inside the IQR as noise.\n")
     out.append("Targets (issue): fixed-step samplers ≤ 1.03× `euler` per model call; recording (scalars) adds ≤ 5 %; "
                "recorder memory O(steps) floats, not O(steps × latent).\n")
 
@@ -467,22 +514,28 @@ def render(args, info, per_call_results, recording, memory, peaks, elapsed) -> s
         nfe = per_call_results[models[0]].get(name, {}).get("nfe", "–")
         out.append(f"| {name} | " + " | ".join(cells) + f" | {nfe} |")
     out.append("")
-    marginal_models = [m for m in models if per_call_results[m][names[-1]].get("marginal") is not None]
-    out.append("Cross-checks: the same runs measured in process CPU time (`time.process_time`, torch on "
-               f"{info['threads']} thread(s); not charged for time the OS gives to other jobs, so less noisy on a "
-               "shared machine)"
-               + (f", and the *marginal* cost per model call `(T({args.marginal_steps}) − T({args.steps})) / "
-                  f"(NFE({args.marginal_steps}) − NFE({args.steps}))` (wall), which removes the fixed per-run cost "
-                  "(guider setup, model-load check) that the per-call ratio spreads over more calls for "
-                  "multi-stage samplers; noisier, being a difference" if marginal_models else "") + ":\n")
+    out.append("Cross-checks. *CPU*: the same runs in process CPU time (`time.process_time`, torch on "
+               f"{info['threads']} thread; not charged for time the OS gives to other jobs, so less noisy on a shared "
+               "machine). *Loop*: the sampler's own work per model call in µs, calling the sampler function "
+               "directly with a free model (`x·0.5`) on a [4, 3, 8, 8] latent, 16 steps — the part of a sampler's "
+               "cost that does not scale with the model; *predicted* = 1 + (loop − euler's loop) / euler's ms per "
+               f"call on {models[0]}, what that loop cost alone would make the ratio.\n")
+    if fixed:
+        out.append(f"Fixed per-run cost outside model calls and sampler loop (ComfyUI guider setup, conds, model-load "
+                   f"check; from `euler` at {args.steps} and {4 * args.steps} steps on {models[0]}): "
+                   f"{fixed['fixed_ms']:.1f} ms ≈ {fixed['fixed_ms'] / fixed['per_call_ms']:.1f} model calls. A "
+                   "per-call ratio spreads it over NFE calls, which favours samplers with more calls per step.\n")
     out.append("| sampler | " + " | ".join(f"CPU × euler, {m}" for m in models)
-               + "".join(f" | marginal × euler, {m}" for m in marginal_models) + " |")
-    out.append("|" + "---|" * (len(models) + len(marginal_models) + 1))
-    for name in names[1:]:
+               + " | loop µs/call | predicted × euler |")
+    out.append("|" + "---|" * (len(models) + 3))
+    base_ms = per_call_results[models[0]]["euler"]["ms_per_call"]
+    for name in names:
         cells = [f"{per_call_results[m][name]['cpu_ratio']:.3f}" if name in per_call_results[m] else "–"
                  for m in models]
-        cells += [f"{per_call_results[m][name]['marginal']:.3f}" if per_call_results[m].get(name, {}).get("marginal")
-                  else "–" for m in marginal_models]
+        if name in loop:
+            cells += [f"{loop[name]:.0f}", f"{1 + (loop[name] - loop['euler']) / (1e3 * base_ms):.3f}"]
+        else:
+            cells += ["–", "–"]
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     out.append("")
 
@@ -560,7 +613,7 @@ def reading(per_call_results, recording, memory) -> list[str]:
                      "(the demo models, ~ms per call) these Python/tensor bookkeeping costs show; on the "
                      "16×128×128 latent the model call dominates and the ratios approach 1. Multi-stage samplers "
                      "also spread the fixed per-run cost over more calls, which lowers their per-call ratio "
-                     "(see the marginal table in the full mode).")
+                     "(see the fixed-cost line and the loop column above).")
     for model, rows in recording.items():
         for name, r in rows.items():
             verdict = "meets" if r["overhead"] <= TARGET_RECORDING else "misses"
@@ -585,7 +638,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a < 2 min smoke run (few samplers, small latent)")
     parser.add_argument("--out", default=None, help="markdown output (default docs/benchmark_overhead.md)")
     parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved repeats on the demo models (default 5 quick, 9 full; large latent: 5)")
+    parser.add_argument("--best", type=int, default=3,
+                        help="each side of a repeat is the fastest of this many back-to-back runs (demo models)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on a shared 2-core machine more threads oversubscribe "
                              "the cores and make timings erratic)")
@@ -601,8 +657,7 @@ def main(argv=None):
     started = time.time()
     out = pathlib.Path(args.out) if args.out else ROOT / "docs" / "benchmark_overhead.md"
     args.out_display = args.out or "docs/benchmark_overhead.md"
-    args.repeats = args.repeats or (7 if args.quick else 15)
-    args.marginal_steps = None if args.quick else 2 * args.steps
+    args.repeats = args.repeats or (5 if args.quick else 9)
 
     def log(message):
         print(message, flush=True)
@@ -616,23 +671,29 @@ def main(argv=None):
     info = machine()
     log(f"machine: {info}")
 
+    log("sampler loop cost with a free model")
+    loop = loop_cost(names, args.repeats, log)
     per_call_results = {}
     models = ("digits-flow",) if args.quick else DEMO_MODELS
-    for index, model in enumerate(models):
+    fixed = None
+    for model in models:
         log(f"per-call timing on {model}")
-        per_call_results[model] = per_call(Workload(model, batch=4), names, args.steps, args.repeats,
-                                           args.marginal_steps if index == 0 else None, log)
+        work = Workload(model, batch=4)
+        per_call_results[model] = per_call(work, names, args.steps, args.repeats, args.best, log)
+        if fixed is None:
+            fixed = fixed_run_cost(work, args.steps, args.repeats, args.best)
+            log(f"  fixed per-run cost {fixed['fixed_ms']:.1f} ms, {fixed['per_call_ms']:.2f} ms per euler call")
     if not args.quick:
         log(f"per-call timing on {LARGE}")
-        per_call_results[LARGE] = per_call(Workload(LARGE, batch=1), names, args.steps, 5, None, log)
+        per_call_results[LARGE] = per_call(Workload(LARGE, batch=1), names, args.steps, 5, 1, log)
 
     recording = {}
     record_names = ("euler", "fs_rk4")
     log("recording overhead")
     recording["digits-flow"] = recording_overhead(Workload("digits-flow", batch=4), record_names, args.steps,
-                                                  args.repeats * 2, log)
+                                                  2 * args.repeats, args.best, log)
     if not args.quick:
-        recording[LARGE] = recording_overhead(Workload(LARGE, batch=1), record_names, args.steps, 5, log)
+        recording[LARGE] = recording_overhead(Workload(LARGE, batch=1), record_names, args.steps, 5, 1, log)
 
     log("recorder memory")
     memory = recorder_memory(Workload("analytic", batch=4), "euler", (10, 50) if args.quick else (10, 50, 200), log)
@@ -644,7 +705,7 @@ def main(argv=None):
         log("peak memory per sampler (fresh processes)")
         peaks = peak_memory(names, PEAK_STEPS, log)
 
-    text = render(args, info, per_call_results, recording, memory, peaks, time.time() - started)
+    text = render(args, info, per_call_results, recording, memory, peaks, loop, fixed, time.time() - started)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     log(f"wrote {out} in {time.time() - started:.0f} s")

@@ -1,4 +1,4 @@
-"""Fixtures for the browser tests: one real ComfyUI server and one headless Debian Chromium per session.
+"""Fixtures for the browser tests: one headless Debian Chromium per session (the server: tests/conftest.py).
 
 Chromium comes from apt (scripts/install_browser.sh, run by scripts/test.sh); `playwright install` is never
 used because it downloads a browser from the internet. A missing browser fails the tests, it never skips them.
@@ -34,14 +34,6 @@ def _require_chromium() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def chromium_path():
     return _require_chromium()
-
-
-@pytest.fixture(scope="session")
-def comfy():
-    server = ComfyServer()
-    server.start()
-    yield server
-    server.cleanup()
 
 
 @pytest.fixture(scope="session")

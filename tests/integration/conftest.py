@@ -1,16 +1,5 @@
 import pytest
 
-from scripts.comfy_server import ComfyServer
-
-
-@pytest.fixture(scope="session")
-def comfy():
-    """One real ComfyUI server (only this pack enabled) for the whole test session; always stopped."""
-    server = ComfyServer()
-    server.start()
-    yield server
-    server.cleanup()
-
 
 @pytest.fixture(scope="session")
 def object_info(comfy):
