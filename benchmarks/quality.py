@@ -1,7 +1,8 @@
 """Quality benchmark: endpoint error vs NFE of every ComfyUI built-in sampler × scheduler and every FlowScope
 sampler × schedule, all through ComfyUI's real sampling path (CFGGuider.sample on the demo MODELs).
 
-    .venv/bin/python benchmarks/quality.py            # full run, writes docs/benchmark_quality.md + .png + .json
+    .venv/bin/python benchmarks/quality.py            # full run (all samplers × schedulers, batch 64; hours on 2 cores)
+    .venv/bin/python benchmarks/quality.py --standard # deterministic samplers, batch 16: the published table
     .venv/bin/python benchmarks/quality.py --quick --out /tmp/q.md   # CI smoke test (a few minutes)
 
 Problems: the analytic mixture (exact log-density), digits-flow and digits-diffusion with and without CFG.
@@ -149,14 +150,24 @@ def run_in_budget(problem, sampler_factory, scheduler, budget, slope_intercept, 
     return None
 
 
-def contenders(quick: bool):
+# The "standard" preset: ComfyUI's deterministic (ODE) samplers. Ancestral/SDE samplers inject fresh noise,
+# so they do not converge to the probability-flow endpoint the error is measured against.
+DETERMINISTIC_BUILTINS = ["euler", "heun", "heunpp2", "dpm_2", "lms", "dpm_fast", "dpmpp_2m", "ipndm", "ipndm_v",
+                          "deis", "res_multistep", "gradient_estimation", "ddim", "uni_pc", "uni_pc_bh2"]
+
+
+def contenders(mode: str):
     import comfy.samplers
 
+    quick = mode == "quick"
     fs_samplers = [name for name in comfy.samplers.SAMPLER_NAMES if name.startswith("fs_")]
     builtin_samplers = [name for name in comfy.samplers.SAMPLER_NAMES
                         if not name.startswith("fs_") and name not in SKIPPED_BUILTINS]
     builtin_schedulers = [name for name in comfy.samplers.SCHEDULER_NAMES if not name.startswith("fs_")]
     fs_schedulers = [name for name in comfy.samplers.SCHEDULER_NAMES if name.startswith("fs_")]
+    if mode == "standard":
+        builtin_samplers = [name for name in DETERMINISTIC_BUILTINS if name in builtin_samplers]
+        fs_samplers = [name for name in fs_samplers if name not in ("fs_langevin_pc", "fs_flow_sde")]
     if quick:
         builtin_samplers = ["euler", "heun", "dpmpp_2m", "uni_pc"]
         builtin_schedulers = ["simple", "karras"]
@@ -191,12 +202,13 @@ def trajectory_adaptive_grid(problem, steps, order, cache):
     return cache[key]
 
 
-def benchmark(quick: bool, log=print):
+def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
+    quick = mode == "quick"
     boot()
     import comfy.samplers
 
     sampler_info = pack_module("samplers").SAMPLER_INFO
-    batch = 16 if quick else 64
+    batch = {"quick": 16, "standard": 16, "full": 64}[mode]
     problem_specs = [("analytic", "analytic", 1.0), ("digits-flow", "digits-flow", 1.0),
                      ("digits-flow cfg 3", "digits-flow", 3.0), ("digits-diffusion", "digits-diffusion", 1.0),
                      ("digits-diffusion cfg 3", "digits-diffusion", 3.0)]
@@ -212,8 +224,8 @@ def benchmark(quick: bool, log=print):
         reference_modes = labeler.modes(problem, reference)
         references[problem_name] = {"nfe": reference_nfe, "accuracy": accuracy}
         log(f"[{problem_name}] reference: {reference_nfe} NFE, accuracy {accuracy:.2e}")
-        grids = {}
-        for family, sampler_name, scheduler in contenders(quick):
+        grids, nfe_models = {}, {}
+        for family, sampler_name, scheduler in contenders(mode):
             order = sampler_info.get(sampler_name, {}).get("order", 1) if family == "FlowScope" else 1
             if sampler_name in ADAPTIVE_STEP_COST:
                 method = sampler_name.removeprefix("fs_")
@@ -229,8 +241,12 @@ def benchmark(quick: bool, log=print):
                     return comfy.samplers.sampler_object(name)
             try:
                 probe_scheduler = "simple" if scheduler == TRAJECTORY_ADAPTIVE else scheduler
-                slope_intercept = nfe_model(problem, factory(64), probe_scheduler) if "dopri" not in sampler_name \
-                    and "bosh" not in sampler_name else (1, 0)
+                if sampler_name not in nfe_models:  # NFE per step depends on the method, not the schedule
+                    nfe_models[sampler_name] = (nfe_model(problem, factory(64), probe_scheduler)
+                                                if sampler_name not in ADAPTIVE_STEP_COST else (1, 0))
+                    log(f"  {sampler_name}: NFE(steps) = {nfe_models[sampler_name][0]}·steps "
+                        f"{nfe_models[sampler_name][1]:+d}")
+                slope_intercept = nfe_models[sampler_name]
             except Exception as error:  # a sampler that cannot run this problem at all is reported, not hidden
                 log(f"  {sampler_name}/{scheduler}: fails ({type(error).__name__}: {error})")
                 results.append({"problem": problem_name, "family": family, "sampler": sampler_name,
@@ -271,7 +287,7 @@ def best_rows(results):
     return best
 
 
-def report(results, references, command, quick) -> tuple[str, dict]:
+def report(results, references, command, mode) -> tuple[str, dict]:
     best = best_rows(results)
     problems = list(dict.fromkeys(row["problem"] for row in results))
     budgets = sorted({row["budget"] for row in results if row.get("budget")})
@@ -279,7 +295,7 @@ def report(results, references, command, quick) -> tuple[str, dict]:
         "# Quality benchmark: endpoint error vs NFE", "",
         f"Command: `{command}`  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads; torch {torch.__version__}; mode: {'quick' if quick else 'full'}.", "",
+        f"{torch.get_num_threads()} threads; torch {torch.__version__}; mode: {mode}.", "",
         "References (fs_dopri5, tight tolerance, same noise): " + "; ".join(
             f"{name}: {ref['nfe']} NFE, own accuracy {ref['accuracy']:.1e}" for name, ref in references.items()), "",
         "Best configuration per family and budget (RMS error over samples and latent dimensions; mode flip = share "
@@ -344,13 +360,16 @@ def chart(results, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a few samplers, 3 problems, budgets 4 and 8")
+    parser.add_argument("--quick", action="store_true", help="a few samplers, 3 problems, budgets 4 and 8 (CI)")
+    parser.add_argument("--standard", action="store_true",
+                        help="all problems and budgets, deterministic samplers only, batch 16 (≈ 30 min on 2 cores)")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "benchmark_quality.md")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    command = "python benchmarks/quality.py" + (" --quick" if args.quick else "")
-    results, references = benchmark(args.quick)
-    text, summary = report(results, references, command, args.quick)
+    mode = "quick" if args.quick else "standard" if args.standard else "full"
+    command = "python benchmarks/quality.py" + ("" if mode == "full" else f" --{mode}")
+    results, references = benchmark(mode)
+    text, summary = report(results, references, command, mode)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     args.out.with_suffix(".json").write_text(json.dumps({"references": references, "results": results}, indent=1))

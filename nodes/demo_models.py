@@ -112,11 +112,11 @@ class AnalyticNet(torch.nn.Module):
         labels = _labels_from_context(context, x.shape[0], x.device).argmax(dim=1)
         velocity = torch.empty(x.shape, dtype=torch.float64, device=x.device)
         full = GaussianMixture(self.means, self.stds, self.log_weights)
-        for row in range(x.shape[0]):
-            label = int(labels[row])
+        for label in labels.unique().tolist():  # one mixture evaluation per distinct label in the batch
+            rows = labels == label
             mixture = full if label == NULL_CLASS else GaussianMixture(
                 self.means[label:label + 1], self.stds[label:label + 1], self.log_weights.new_zeros(1))
-            velocity[row] = mixture.velocity(x[row:row + 1].double(), sigma[row:row + 1].double())[0]
+            velocity[rows] = mixture.velocity(x[rows].double(), sigma[rows].double())
         return velocity.to(x.dtype)
 
 
