@@ -201,6 +201,7 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
         else:
             rejected += 1
             h = (sigma_new - sigma) * factor
+        del result  # drop this attempt's stage evaluations before the next attempt's model calls (peak memory)
 
     fixed_steps = 0
     if fallback is not None:
@@ -230,6 +231,7 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
                        result.evaluations)
             x, sigma, first = result.x, sigma_new, result.last
             fixed_steps += 1
+            del result
 
     if final_denoise:
         if first is None:

@@ -56,7 +56,7 @@ def rk_step(derivative_fn: Callable, x: torch.Tensor, sigma: float, sigma_next: 
     """
     h = (sigma_next - sigma) if step is None else step
     evaluations: list[Evaluation] = []
-    stage_states: list[torch.Tensor] = []
+    state = x  # only the last stage's state is needed (FSAL); earlier ones are freed as the step proceeds
     for j in range(tableau.stages):
         if j == 0:
             state = x
@@ -66,10 +66,9 @@ def rk_step(derivative_fn: Callable, x: torch.Tensor, sigma: float, sigma_next: 
             c = tableau.c[j]
             stage_sigma = sigma_next if c == 1.0 else sigma + c * h
             evaluation = derivative_fn(state, stage_sigma)
-        stage_states.append(state)
         evaluations.append(evaluation)
     if tableau.fsal:
-        x_next, last = stage_states[-1], evaluations[-1]
+        x_next, last = state, evaluations[-1]
     else:
         x_next = _combine(x, ((h * b, e.derivative) for b, e in zip(tableau.b, evaluations)))
         last = None
@@ -98,6 +97,7 @@ def integrate_fixed(derivative: ModelDerivative, x: torch.Tensor, grid: list, ta
         result = rk_step(derivative, x, sigma, sigma_next, stepper, first_derivative=first,
                          step=None if steps is None else steps[i])
         x, first = result.x, result.last
+        del result  # drop this step's stage evaluations before the next step's model calls (peak memory)
     return x
 
 
