@@ -184,20 +184,13 @@ def trajectory_adaptive_grid(problem, steps, order, cache):
     """The trajectory-adaptive schedule from a 16-step Heun pilot of the same noise (pilot NFE reported apart)."""
     key = (steps, order)
     if key not in cache:
-        import comfy.samplers
-
-        from ComfyUI_FlowScope.nodes.comfy_sampling import FLOW_DATA_END_SIGMA, is_flow_model
-        from ComfyUI_FlowScope.samplers import trajectory_adaptive_sigmas
+        from ComfyUI_FlowScope.nodes.comfy_sampling import is_flow_model
+        from ComfyUI_FlowScope.nodes.schedule_nodes import trajectory_adaptive_pilot
 
         result = {}
         flow = is_flow_model(problem.model_sampling)
-
-        def pilot(model, x, sigmas, extra_args=None, callback=None, disable=None):
-            result["sigmas"] = trajectory_adaptive_sigmas(model, x, sigmas, steps, extra_args=extra_args, order=order,
-                                                          data_end_sigma=FLOW_DATA_END_SIGMA if flow else None)
-            return x
-
-        problem.run(comfy.samplers.KSAMPLER(pilot), problem.sigmas("simple" if flow else "karras", 16))
+        problem.run(trajectory_adaptive_pilot(problem.model_sampling, steps, order, result),
+                    problem.sigmas("simple" if flow else "karras", 16))
         cache[key] = result["sigmas"]
     return cache[key]
 

@@ -103,23 +103,30 @@ class TrajectoryAdaptiveScheduler(io.ComfyNode):
         model_sampling = guider.model_patcher.get_model_object("model_sampling")
         pilot_sigmas = comfy.samplers.calculate_sigmas(model_sampling, pilot_scheduler, pilot_steps).cpu()
         result = {}
-
-        def pilot(model, x, sigmas, extra_args=None, callback=None, disable=None):
-            data_end = FLOW_DATA_END_SIGMA if is_flow_model(model_sampling) else None
-            result["sigmas"] = core.trajectory_adaptive_sigmas(model, x, sigmas, steps, extra_args=extra_args,
-                                                               data_end_sigma=data_end, order=sampler_order,
-                                                               info=result)
-            return x
-
         latent = latent_image["samples"]
         latent = comfy.sample.fix_empty_latent_channels(guider.model_patcher, latent)
         try:
             guider.sample(noise.generate_noise({**latent_image, "samples": latent}), latent,
-                          comfy.samplers.KSAMPLER(pilot), pilot_sigmas,
+                          trajectory_adaptive_pilot(model_sampling, steps, sampler_order, result), pilot_sigmas,
                           denoise_mask=latent_image.get("noise_mask"), disable_pbar=True, seed=noise.seed)
         except ValueError as error:
             raise ValueError(f"FlowScope · Trajectory-Adaptive Scheduler: {error}") from error
         return io.NodeOutput(result["sigmas"])
+
+
+def trajectory_adaptive_pilot(model_sampling, steps: int, order: int, result: dict):
+    """A SAMPLER that only plans: run through ``guider.sample`` on the pilot sigmas, it solves the pilot with
+    the real guided model, stores the trajectory-adaptive σ grid in ``result["sigmas"]`` (and the pilot's
+    statistics in ``result``) and returns the latent unchanged."""
+    data_end_sigma = FLOW_DATA_END_SIGMA if is_flow_model(model_sampling) else None
+
+    def pilot(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        result["sigmas"] = core.trajectory_adaptive_sigmas(model, x, sigmas, steps, extra_args=extra_args,
+                                                           data_end_sigma=data_end_sigma, order=order,
+                                                           info=result)
+        return x
+
+    return comfy.samplers.KSAMPLER(pilot)
 
 
 NODES = [Scheduler, TrajectoryAdaptiveScheduler]
