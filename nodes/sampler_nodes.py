@@ -71,7 +71,7 @@ class MultistepSampler(io.ComfyNode):
             "Variable-step Adams–Bashforth (multistep = momentum): 1 NFE per step after a high-order warm start.",
             [io.Int.Input("order", default=2, min=2, max=4,
                           tooltip="2, 3 or 4. Higher orders pay off from ~10 steps on smooth (flow) paths."),
-             io.Combo.Input("warm_start", options=["runge_kutta", "lower_order"], default="runge_kutta",
+             io.Combo.Input("warm_start", options=["runge_kutta", "lower_order"], default="runge_kutta", optional=True,
                             tooltip="runge_kutta: first order−1 steps by Heun/RK4 (nominal order, 2–4 NFE "
                                     "each); lower_order: Euler, AB2, … (1 NFE per step from the start; best "
                                     "for few steps, order 2).")])

@@ -52,7 +52,9 @@ SAMPLER_NODES = {
     "bosh3_budget": {"class_type": "FlowScopeSamplerAdaptive", "inputs": {
         "method": "bosh3", "rtol": 1e-3, "atol": 1e-4, "error_norm": "per_sample", "max_nfe": 400,
         "nfe_budget": 60}},
-    "ab3": {"class_type": "FlowScopeSamplerAdamsBashforth", "inputs": {"order": 3}},
+    "ab3": {"class_type": "FlowScopeSamplerAdamsBashforth", "inputs": {"order": 3}},  # warm_start: default
+    "ab4_lower_order": {"class_type": "FlowScopeSamplerAdamsBashforth", "inputs": {
+        "order": 4, "warm_start": "lower_order"}},
     "heavy_ball": {"class_type": "FlowScopeSamplerOptimizer", "inputs": {
         "kind": "heavy_ball", "beta": 0.5, "gamma": 2.0, "lookahead": 0.5, "grid_aware": True,
         "max_curvature_step": 2.0}},
