@@ -85,8 +85,11 @@ def adaptive_sampler(method: str, **options):
 
 def reference_solution(problem: Problem, rtol: float):
     """Tight fs_dopri5 from σ_max to the model's σ_min (then the same σ = 0 end as every contender)."""
+    from ComfyUI_FlowScope.nodes.comfy_sampling import is_flow_model
+
     sigma_max = float(problem.model_sampling.sigma_max)
-    end = [0.0] if problem.model_name != "digits-diffusion" else [float(problem.model_sampling.sigma_min), 0.0]
+    flow = is_flow_model(problem.model_sampling)
+    end = [0.0] if flow else [float(problem.model_sampling.sigma_min), 0.0]
     sigmas = torch.tensor([sigma_max, *end], dtype=torch.float32)
     options = {"rtol": rtol, "atol": rtol / 10, "max_nfe": 200000, "error_norm": "per_sample"}
     solution, nfe = problem.run(adaptive_sampler("dopri5", **options), sigmas)

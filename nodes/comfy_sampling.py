@@ -11,6 +11,7 @@ import functools
 import inspect
 
 import comfy.model_sampling
+import comfy.sample
 
 # Flow models: stages that land on σ = 0 are evaluated at this σ (velocity is finite there, (x − D)/σ is not).
 FLOW_DATA_END_SIGMA = 1e-4
@@ -53,3 +54,14 @@ def comfy_sampler_function(sampler_fn):
                           **injected, **options)
 
     return sample
+
+
+def sample_like_custom_advanced(guider, sampler, sigmas, latent_image: dict, noise, callback=None,
+                                disable_pbar=True):
+    """``guider.sample`` called as ComfyUI's SamplerCustomAdvanced does: the empty latent re-channelled to the
+    model, noise from the NOISE object, the latent's noise mask and the noise seed."""
+    latent = latent_image.copy()
+    latent["samples"] = comfy.sample.fix_empty_latent_channels(guider.model_patcher, latent["samples"])
+    return guider.sample(noise.generate_noise(latent), latent["samples"], sampler, sigmas,
+                         denoise_mask=latent.get("noise_mask"), callback=callback, disable_pbar=disable_pbar,
+                         seed=noise.seed)

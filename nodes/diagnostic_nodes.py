@@ -9,7 +9,6 @@ import os
 import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension
-import comfy.sample
 import comfy.utils
 import folder_paths
 import latent_preview
@@ -18,7 +17,7 @@ import torch
 from ..samplers.trajectory import Trajectory, TrajectoryRecorder, straightness
 from ..diagnostics import charts
 from .comfy_io import TrajectoryType, io
-from .comfy_sampling import comfy_sampler_function, is_flow_model
+from .comfy_sampling import comfy_sampler_function, is_flow_model, sample_like_custom_advanced
 
 CATEGORY = "FlowScope/diagnostics"
 RECORDER_KEY = "flowscope_trajectory_recorder"
@@ -36,9 +35,6 @@ def record_sampling(guider, sampler, sigmas, latent_image: dict, noise, label: s
     """Run ``guider.sample`` exactly as SamplerCustomAdvanced does, with a recorder attached through
     ComfyUI's wrapper mechanism (predict-noise: every model call; sampler-sample: the sampler's own output).
     Returns (samples, denoised_or_None, Trajectory)."""
-    latent = latent_image.copy()
-    samples_in = comfy.sample.fix_empty_latent_channels(guider.model_patcher, latent["samples"])
-    latent["samples"] = samples_in
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
     flow = is_flow_model(model_sampling)
     recorder = TrajectoryRecorder(flow, sigmas, label=label or sampler_label(sampler),
@@ -70,9 +66,8 @@ def record_sampling(guider, sampler, sigmas, latent_image: dict, noise, label: s
     comfy.patcher_extension.add_wrapper_with_key(wrappers.SAMPLER_SAMPLE, RECORDER_KEY, capture_sampler_output,
                                                  guider.model_options, is_model_options=True)
     try:
-        samples = guider.sample(noise.generate_noise(latent), samples_in, sampler, sigmas,
-                                denoise_mask=latent.get("noise_mask"), callback=callback,
-                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=noise.seed)
+        samples = sample_like_custom_advanced(guider, sampler, sigmas, latent_image, noise, callback,
+                                              disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED)
     finally:
         guider.model_options = original_options
     trajectory = recorder.finish(sampler_output.get("x", samples))

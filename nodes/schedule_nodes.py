@@ -1,14 +1,13 @@
 """SIGMAS nodes (FlowScope schedules and the trajectory-adaptive schedule) and the dropdown schedulers."""
 from __future__ import annotations
 
-import comfy.sample
 import comfy.samplers
 import torch
 
 from .. import samplers as core
 from ..samplers import schedules
 from .comfy_io import io
-from .comfy_sampling import FLOW_DATA_END_SIGMA, is_flow_model
+from .comfy_sampling import FLOW_DATA_END_SIGMA, is_flow_model, sample_like_custom_advanced
 
 CATEGORY = "FlowScope/schedulers"
 NODE_SCHEDULES = ["uniform", "sd3_shift", "flux_shift", "cosine", "linear_quadratic"]
@@ -103,12 +102,9 @@ class TrajectoryAdaptiveScheduler(io.ComfyNode):
         model_sampling = guider.model_patcher.get_model_object("model_sampling")
         pilot_sigmas = comfy.samplers.calculate_sigmas(model_sampling, pilot_scheduler, pilot_steps).cpu()
         result = {}
-        latent = latent_image["samples"]
-        latent = comfy.sample.fix_empty_latent_channels(guider.model_patcher, latent)
         try:
-            guider.sample(noise.generate_noise({**latent_image, "samples": latent}), latent,
-                          trajectory_adaptive_pilot(model_sampling, steps, sampler_order, result), pilot_sigmas,
-                          denoise_mask=latent_image.get("noise_mask"), disable_pbar=True, seed=noise.seed)
+            sample_like_custom_advanced(guider, trajectory_adaptive_pilot(model_sampling, steps, sampler_order,
+                                                                          result), pilot_sigmas, latent_image, noise)
         except ValueError as error:
             raise ValueError(f"FlowScope · Trajectory-Adaptive Scheduler: {error}") from error
         return io.NodeOutput(result["sigmas"])
