@@ -33,11 +33,19 @@ from benchmarks.comfy_inprocess import CountingGuider, boot, pack_module  # noqa
 BUDGETS = (4, 8, 16, 32)
 SKIPPED_BUILTINS = {"dpm_adaptive": "adaptive step count, its NFE cannot be set to a budget"}
 TRAJECTORY_ADAPTIVE = "fs_trajectory_adaptive"
+OPTIMIZED = "fs_optimized"
+# Samplers paired with the pilot-optimized schedule (Optimized Schedule node): it costs a pilot solve and
+# ~optimizer_evaluations runs per budget, so only the 1-NFE/step predictor–correctors get it.
+OPTIMIZED_SAMPLERS = ("fs_abm", "fs_exp_abm", "fs_abm3", "fs_exp_abm3")
+OPTIMIZER_EVALUATIONS = {"quick": 20, "standard": 120, "full": 200}
+PILOT_SEED = 1  # the optimized schedule is fitted on this noise and measured on seed 0
 # FlowScope configurations beyond the dropdown defaults (options of the sampler nodes).
 FLOWSCOPE_VARIANTS = {
     "fs_ab2+lo": ("sample_adams_bashforth", {"order": 2, "warm_start": "lower_order"}),
     "fs_ab3+lo": ("sample_adams_bashforth", {"order": 3, "warm_start": "lower_order"}),
     "fs_ab4+lo": ("sample_adams_bashforth", {"order": 4, "warm_start": "lower_order"}),
+    "fs_abm3": ("sample_multistep_pc", {"order": 3, "prediction": "velocity"}),
+    "fs_exp_abm3": ("sample_multistep_pc", {"order": 3, "prediction": "data"}),
 }
 ADAPTIVE_STEP_COST = {"fs_bosh3": 4, "fs_dopri5": 7}  # NFE of the first embedded step (FSAL afterwards)
 
@@ -174,12 +182,14 @@ def contenders(mode: str):
     if quick:
         builtin_samplers = ["euler", "heun", "dpmpp_2m", "uni_pc"]
         builtin_schedulers = ["simple", "karras"]
-        fs_samplers = ["fs_euler", "fs_heun", "fs_ab2", "fs_ab3", "fs_secant", "fs_grad_est", "fs_dopri5"]
+        fs_samplers = ["fs_euler", "fs_heun", "fs_ab2", "fs_ab3", "fs_secant", "fs_grad_est", "fs_dopri5", "fs_abm"]
         fs_schedulers = ["fs_cosine"]
     fs_samplers += [name for name in FLOWSCOPE_VARIANTS if not quick or name in ("fs_ab3+lo",)]
     rows = [("built-in", s, sch) for s in builtin_samplers for sch in builtin_schedulers]
     rows += [("FlowScope", s, sch) for s in fs_samplers for sch in fs_schedulers + builtin_schedulers
              + [TRAJECTORY_ADAPTIVE]]
+    optimized = OPTIMIZED_SAMPLERS[:1] if quick else OPTIMIZED_SAMPLERS
+    rows += [("FlowScope", s, OPTIMIZED) for s in optimized if s in fs_samplers]
     return rows
 
 
@@ -198,6 +208,41 @@ def trajectory_adaptive_grid(problem, steps, order, cache):
     return cache[key]
 
 
+class Pilot:
+    """The pilot of the optimized schedule: the same problem with noise seed PILOT_SEED and its reference."""
+
+    def __init__(self, problem_name, model_name, cfg, batch, rtol):
+        self.problem = Problem(problem_name, model_name, cfg, batch, seed=PILOT_SEED)
+        self.reference, self.reference_nfe, self.accuracy = reference_solution(self.problem, rtol)
+
+    def error(self, sampler, sigmas):
+        samples, _ = self.problem.run(sampler, sigmas)
+        return float((samples - self.reference).pow(2).mean().sqrt())
+
+
+def optimized_grid(pilot, sampler_name, factory, steps, schedulers, evaluations, cache):
+    """Optimized Schedule on the pilot noise, starting from the scheduler that is best for this sampler and
+    step count on the pilot (the node takes any SIGMAS; the benchmark picks its start the same way a user
+    would, by trying the dropdown)."""
+    key = (sampler_name, steps)
+    if key not in cache:
+        from ComfyUI_FlowScope.nodes.schedule_nodes import ScheduleOptimizer
+
+        problem = pilot.problem
+        starts = {name: problem.sigmas(name, steps) for name in schedulers}
+        start_errors = {name: pilot.error(factory(), sigmas.clone()) for name, sigmas in starts.items()}
+        finite = {name: e for name, e in start_errors.items() if math.isfinite(e)}
+        start = min(finite, key=finite.get)
+        result = {}
+        planner = ScheduleOptimizer(factory(), problem.model_sampling, knots=6, max_evaluations=evaluations,
+                                    reference_rtol=1e-5, result=result, reference=pilot.reference)
+        with torch.inference_mode():
+            problem.guider.guider.sample(problem.noise, problem.latent, planner, starts[start], disable_pbar=True,
+                                         seed=problem.seed)
+        cache[key] = (result["sigmas"], start, result)
+    return cache[key]
+
+
 def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
     quick = mode == "quick"
     boot()
@@ -213,6 +258,7 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
         problem_specs = problem_specs[:2] + problem_specs[3:4]
     labeler = Labeler()
     results, references = [], {}
+    start_schedulers = sorted({sch for _, _, sch in contenders(mode) if sch not in (TRAJECTORY_ADAPTIVE, OPTIMIZED)})
     for problem_name, model_name, cfg in problem_specs:
         problem = Problem(problem_name, model_name, cfg, batch)
         started = time.time()
@@ -220,7 +266,8 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
         reference_modes = labeler.modes(problem, reference)
         references[problem_name] = {"nfe": reference_nfe, "accuracy": accuracy}
         log(f"[{problem_name}] reference: {reference_nfe} NFE, accuracy {accuracy:.2e}")
-        grids, nfe_models = {}, {}
+        grids, nfe_models, optimized_grids = {}, {}, {}
+        pilot = None
         for family, sampler_name, scheduler in contenders(mode):
             order = sampler_info.get(sampler_name, {}).get("order", 1) if family == "FlowScope" else 1
             if sampler_name in ADAPTIVE_STEP_COST:
@@ -236,7 +283,7 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
                 def factory(budget=None, name=sampler_name):
                     return comfy.samplers.sampler_object(name)
             try:
-                probe_scheduler = "simple" if scheduler == TRAJECTORY_ADAPTIVE else scheduler
+                probe_scheduler = "simple" if scheduler in (TRAJECTORY_ADAPTIVE, OPTIMIZED) else scheduler
                 if sampler_name not in nfe_models:  # NFE per step depends on the method, not the schedule
                     nfe_models[sampler_name] = (nfe_model(problem, factory(64), probe_scheduler)
                                                 if sampler_name not in ADAPTIVE_STEP_COST else (1, 0))
@@ -255,6 +302,19 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
                 if scheduler == TRAJECTORY_ADAPTIVE:
                     def sigmas_for(steps, order=order):
                         return trajectory_adaptive_grid(problem, steps, min(order, 4), grids)
+                elif scheduler == OPTIMIZED:
+                    if pilot is None:
+                        pilot = Pilot(problem_name, model_name, cfg, batch, 1e-6)
+                        log(f"[{problem_name}] pilot reference (seed {PILOT_SEED}): {pilot.reference_nfe} NFE, "
+                            f"accuracy {pilot.accuracy:.2e}")
+
+                    def sigmas_for(steps, name=sampler_name, factory=factory, budget=budget):
+                        sigmas, start, result = optimized_grid(
+                            pilot, name, lambda: factory(budget), steps, start_schedulers,
+                            OPTIMIZER_EVALUATIONS[mode], optimized_grids)
+                        log(f"  {name}/{OPTIMIZED}@{steps} steps: from {start}, pilot error "
+                            f"{result['base_error']:.2e} → {result['error']:.2e} ({result['evaluations']} runs)")
+                        return sigmas.clone()
                 try:
                     outcome = run_in_budget(problem, lambda: factory(budget), probe_scheduler, budget,
                                             slope_intercept, sigmas_for)

@@ -81,6 +81,27 @@ class MultistepSampler(io.ComfyNode):
         return io.NodeOutput(make_sampler(core.sample_adams_bashforth, order=order, warm_start=warm_start))
 
 
+class PredictorCorrectorSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return _schema(
+            "FlowScopeSamplerPredictorCorrector", "Predictor–Corrector Multistep Sampler",
+            "Multistep predictor plus a one-point-higher corrector that reuses the next model call (PEC, "
+            "UniPC-style): order + 1 at 1 NFE per step. velocity = Adams–Bashforth–Moulton in σ (flow models); "
+            "data = exponential integrator on the denoised prediction in log σ (EPS/VE models).",
+            [io.Combo.Input("prediction", options=["velocity", "data"], default="velocity",
+                            tooltip="velocity (fs_abm): flow models; data (fs_exp_abm): SD1.5/SDXL-type models."),
+             io.Int.Input("order", default=2, min=1, max=4,
+                          tooltip="Points of the predictor; the corrector adds one (order 2 → third order)."),
+             io.Boolean.Input("corrector", default=True,
+                              tooltip="Off: the plain multistep predictor (Adams–Bashforth / DPM-Solver++-type).")])
+
+    @classmethod
+    def execute(cls, prediction, order, corrector) -> io.NodeOutput:
+        return io.NodeOutput(make_sampler(core.sample_multistep_pc, prediction=prediction, order=order,
+                                          corrector=corrector))
+
+
 class OptimizerSampler(io.ComfyNode):
     KINDS = ["heavy_ball", "nesterov", "gradient_estimation", "secant"]
 
@@ -157,5 +178,5 @@ class StochasticSampler(io.ComfyNode):
         return io.NodeOutput(make_sampler(core.sample_ddim, eta=eta, s_noise=s_noise))
 
 
-NODES = [RungeKuttaSampler, AdaptiveSampler, MultistepSampler, OptimizerSampler, LangevinSampler,
+NODES = [RungeKuttaSampler, AdaptiveSampler, MultistepSampler, PredictorCorrectorSampler, OptimizerSampler, LangevinSampler,
          StochasticSampler]

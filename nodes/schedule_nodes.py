@@ -1,13 +1,18 @@
 """SIGMAS nodes (FlowScope schedules and the trajectory-adaptive schedule) and the dropdown schedulers."""
 from __future__ import annotations
 
+import logging
+
+import comfy.model_management
 import comfy.samplers
+import comfy.utils
 import torch
 
 from .. import samplers as core
-from ..samplers import schedules
+from ..samplers import schedule_optimization, schedules
 from .comfy_io import io
-from .comfy_sampling import FLOW_DATA_END_SIGMA, is_flow_model, sample_like_custom_advanced
+from .comfy_sampling import (FLOW_DATA_END_SIGMA, comfy_sampler_function, is_flow_model,
+                             sample_like_custom_advanced)
 
 CATEGORY = "FlowScope/schedulers"
 NODE_SCHEDULES = ["uniform", "sd3_shift", "flux_shift", "cosine", "linear_quadratic"]
@@ -125,4 +130,94 @@ def trajectory_adaptive_pilot(model_sampling, steps: int, order: int, result: di
     return comfy.samplers.KSAMPLER(pilot)
 
 
-NODES = [Scheduler, TrajectoryAdaptiveScheduler]
+class OptimizedSchedule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlowScopeOptimizedSchedule", display_name="FlowScope · Optimized Schedule",
+            category=CATEGORY,
+            description="Fits the step placement of a schedule to YOUR sampler, model and guider (LD3 / "
+                        "Bespoke-style): a tight reference solve from the pilot noise, then a Nelder–Mead search "
+                        "over monotone warps of the input sigmas that minimizes the sampler's endpoint error. "
+                        "Same step count and end points; never worse than the input on the pilot. Costs the "
+                        "reference (hundreds of model calls) plus max_evaluations × steps model calls once — "
+                        "reuse the SIGMAS for every seed.",
+            inputs=[io.Noise.Input("noise", tooltip="Pilot noise; a seed other than the final run's generalizes."),
+                    io.Guider.Input("guider"), io.Sampler.Input("sampler", tooltip="The sampler you will use."),
+                    io.Sigmas.Input("sigmas", tooltip="The base schedule (any scheduler); must end in 0."),
+                    io.Latent.Input("latent_image"),
+                    io.Int.Input("max_evaluations", default=120, min=1, max=5000,
+                                 tooltip="Pilot runs of the sampler (each costs its NFE for this schedule)."),
+                    io.Int.Input("knots", default=6, min=1, max=32, tooltip="Pieces of the monotone warp."),
+                    io.Float.Input("reference_rtol", default=1e-5, min=1e-9, max=1e-2, step=1e-6,
+                                   tooltip="Relative tolerance of the reference solve (Dormand–Prince 5(4)).")],
+            outputs=[io.Sigmas.Output(), io.String.Output(display_name="report")])
+
+    @classmethod
+    def execute(cls, noise, guider, sampler, sigmas, latent_image, max_evaluations, knots,
+                reference_rtol) -> io.NodeOutput:
+        who = "FlowScope · Optimized Schedule"
+        if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or len(sigmas) < 2:
+            raise ValueError(f"{who}: input 'sigmas' must be a 1-D schedule with at least one step")
+        if float(sigmas[-1]) != 0:
+            raise ValueError(f"{who}: input 'sigmas' must end in 0 (got {float(sigmas[-1]):g}); optimize "
+                             f"a full schedule, then split it")
+        try:
+            core.validate_sigmas(sigmas, who)
+        except ValueError as error:
+            raise ValueError(f"{who}: input 'sigmas': {error}") from error
+        result = {}
+        planner = ScheduleOptimizer(sampler, guider.model_patcher.get_model_object("model_sampling"),
+                                    knots, max_evaluations, reference_rtol, result)
+        sample_like_custom_advanced(guider, planner, sigmas.cpu(), latent_image, noise)
+        report = (f"{len(sigmas) - 1} steps: pilot endpoint RMS error {result['base_error']:.3e} (input sigmas) → "
+                  f"{result['error']:.3e} (optimized) in {result['evaluations']} pilot runs; reference "
+                  f"{result['reference_nfe']} NFE")
+        logging.info("%s: %s", who, report)
+        return io.NodeOutput(result["sigmas"], report)
+
+
+class ScheduleOptimizer(comfy.samplers.Sampler):
+    """A SAMPLER that only plans (see :class:`OptimizedSchedule`): given to ``guider.sample`` with the base
+    sigmas, it runs the reference and the candidate sampler through their own ``sample`` (so noise scaling,
+    the model wrapper and the latent are exactly those of a real run), stores the optimized grid and its
+    statistics in ``result`` and returns the latent unchanged. ``reference`` (optional) is a precomputed
+    reference endpoint for the same noise (the benchmark reuses one per problem)."""
+
+    def __init__(self, candidate, model_sampling, knots, max_evaluations, reference_rtol, result, reference=None):
+        self.candidate, self.knots, self.max_evaluations = candidate, knots, max_evaluations
+        self.reference_rtol, self.result = reference_rtol, result
+        self.flow = is_flow_model(model_sampling)
+        self.sigma_min = None if self.flow else float(model_sampling.sigma_min)
+        self.reference = reference
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        stats = {}
+        sigma_end = [0.0] if self.sigma_min is None or self.sigma_min >= float(sigmas[0]) \
+            else [self.sigma_min, 0.0]
+        reference_sigmas = torch.tensor([float(sigmas[0]), *sigma_end], dtype=sigmas.dtype)
+        reference_sampler = comfy.samplers.KSAMPLER(comfy_sampler_function(core.sample_adaptive), extra_options=dict(
+            method="dopri5", rtol=self.reference_rtol, atol=self.reference_rtol / 10, error_norm="per_sample",
+            max_nfe=100000, stats=stats))
+
+        def run(sampler, grid):
+            return sampler.sample(model_wrap, grid.clone(), dict(extra_args), None, noise, latent_image,
+                                  denoise_mask, True)
+
+        reference = self.reference if self.reference is not None else run(reference_sampler, reference_sigmas)
+        progress = comfy.utils.ProgressBar(self.max_evaluations)
+
+        def error_of(grid):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            samples = run(self.candidate, grid.to(sigmas.dtype))
+            progress.update(1)
+            return float((samples - reference).double().pow(2).mean().sqrt())
+
+        optimized = schedule_optimization.optimize_schedule(error_of, sigmas, knots=self.knots,
+                                                            max_evaluations=self.max_evaluations, info=self.result)
+        self.result.update(sigmas=optimized.to(sigmas.dtype), reference_nfe=stats.get("nfe"))
+        return latent_image if latent_image is not None else noise
+
+
+NODES = [Scheduler, TrajectoryAdaptiveScheduler, OptimizedSchedule]

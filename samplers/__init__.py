@@ -11,9 +11,11 @@ All samplers accept ``data_end_sigma`` (flow models: the σ at which σ = 0 stag
 from .adaptive import sample_adaptive, sample_fs_bosh3, sample_fs_dopri5
 from .common import validate_latent, validate_sigmas
 from .multistep import adams_bashforth_weights, sample_adams_bashforth, sample_fs_ab2, sample_fs_ab3, sample_fs_ab4
+from .predictor_corrector import sample_fs_abm, sample_fs_exp_abm, sample_multistep_pc
 from .optimizers import sample_gradient_estimation, sample_heavy_ball, sample_nesterov, sample_secant
 from .runge_kutta import (rk_step, sample_fs_euler, sample_fs_heun, sample_fs_midpoint, sample_fs_ralston,
                           sample_fs_rk3, sample_fs_rk4, sample_fs_rk38, sample_rk)
+from .schedule_optimization import nelder_mead, optimize_schedule, pilot_reference, warp_schedule
 from .schedules import SCHEDULE_INFO, SCHEDULES, trajectory_adaptive_sigmas
 from .step_control import PIController
 from .stochastic import sample_ddim, sample_flow_sde, sample_langevin_pc
@@ -32,6 +34,8 @@ SAMPLERS = {
     "fs_ab2": sample_fs_ab2,
     "fs_ab3": sample_fs_ab3,
     "fs_ab4": sample_fs_ab4,
+    "fs_abm": sample_fs_abm,
+    "fs_exp_abm": sample_fs_exp_abm,
     "fs_heavy_ball": sample_heavy_ball,
     "fs_nesterov": sample_nesterov,
     "fs_grad_est": sample_gradient_estimation,
@@ -58,6 +62,10 @@ SAMPLER_INFO = {
     "fs_ab2": dict(order=2, nfe_per_step="1", advice="Second order at Euler's cost (momentum with β = 1/2)."),
     "fs_ab3": dict(order=3, nfe_per_step="1", advice="Third order at 1 NFE/step; needs ≳ 10 steps to pay off."),
     "fs_ab4": dict(order=4, nfe_per_step="1", advice="Fourth order at 1 NFE/step; for smooth paths and many steps."),
+    "fs_abm": dict(order=3, nfe_per_step="1",
+                   advice="Adams–Bashforth–Moulton PEC (AB2 + 3-point corrector): order 3 at 1 NFE/step; flow models."),
+    "fs_exp_abm": dict(order=3, nfe_per_step="1",
+                       advice="Data-prediction exponential multistep PEC in log σ (UniPC-like); for EPS/VE models."),
     "fs_heavy_ball": dict(order=2, nfe_per_step="1",
                           advice="Gradient momentum; β = 1/2 is AB2. variant='polyak' is first order (lags)."),
     "fs_nesterov": dict(order=2, nfe_per_step="1 (2 on the first step)",
@@ -74,7 +82,9 @@ SAMPLER_INFO = {
 
 __all__ = [
     "SAMPLERS", "SAMPLER_INFO", "SCHEDULES", "SCHEDULE_INFO", "TABLEAUX", "ButcherTableau", "PIController", "rk_step",
-    "sample_rk", "sample_adaptive", "sample_adams_bashforth", "adams_bashforth_weights", "sample_heavy_ball",
+    "sample_rk", "sample_adaptive", "sample_adams_bashforth", "adams_bashforth_weights",
+    "sample_multistep_pc", "sample_heavy_ball",
     "sample_nesterov", "sample_gradient_estimation", "sample_secant", "sample_ddim", "sample_flow_sde",
-    "sample_langevin_pc", "trajectory_adaptive_sigmas", "validate_sigmas", "validate_latent",
+    "sample_langevin_pc", "trajectory_adaptive_sigmas", "optimize_schedule", "warp_schedule", "nelder_mead",
+    "pilot_reference", "validate_sigmas", "validate_latent",
 ] + [f.__name__ for f in SAMPLERS.values() if f.__name__.startswith("sample_fs_")]
