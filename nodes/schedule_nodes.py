@@ -170,9 +170,9 @@ class OptimizedSchedule(io.ComfyNode):
         planner = ScheduleOptimizer(sampler, guider.model_patcher.get_model_object("model_sampling"),
                                     knots, max_evaluations, reference_rtol, result)
         sample_like_custom_advanced(guider, planner, sigmas.cpu(), latent_image, noise)
-        report = (f"{len(sigmas) - 1} steps: pilot endpoint RMS error {result['base_error']:.3e} (input sigmas) → "
-                  f"{result['error']:.3e} (optimized) in {result['evaluations']} pilot runs; reference "
-                  f"{result['reference_nfe']} NFE")
+        report = (f"{len(sigmas) - 1} steps, pilot endpoint RMS error: input sigmas {result['base_error']:.3e} → "
+                  f"optimized {result['error']:.3e} ({result['evaluations']} pilot runs; reference "
+                  f"{result['reference_nfe']} NFE)")
         logging.info("%s: %s", who, report)
         return io.NodeOutput(result["sigmas"], report)
 

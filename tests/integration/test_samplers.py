@@ -1,5 +1,6 @@
 """Every FlowScope sampler and schedule through the real ComfyUI: dropdowns, SAMPLER nodes, bad input, cancel."""
 import json
+import re
 import threading
 import time
 import uuid
@@ -67,6 +68,10 @@ SAMPLER_NODES = {
     "secant": {"class_type": "FlowScopeSamplerOptimizer", "inputs": {
         "kind": "secant", "beta": 0.5, "gamma": 2.0, "lookahead": 0.5, "grid_aware": True,
         "max_curvature_step": 2.0}},
+    "abm": {"class_type": "FlowScopeSamplerPredictorCorrector", "inputs": {
+        "prediction": "velocity", "order": 2, "corrector": True}},
+    "exp_abm": {"class_type": "FlowScopeSamplerPredictorCorrector", "inputs": {
+        "prediction": "data", "order": 3, "corrector": True}},
     "langevin": {"class_type": "FlowScopeSamplerLangevinPC", "inputs": {
         "predictor": "heun", "corrector_steps": 1, "snr": 0.16}},
     "ddim": {"class_type": "FlowScopeSamplerStochastic", "inputs": {"eta": 0.0, "s_noise": 1.0}},
@@ -122,6 +127,53 @@ def test_trajectory_adaptive_scheduler_runs_the_pilot_through_the_guider(comfy, 
     assert len(sigmas) == 9 and sigmas[-1] == 0 and all(a > b for a, b in zip(sigmas, sigmas[1:]))
     pixels = images_to_latent_scale(comfy.output_images(history, "8"))
     assert digit_classifier.accuracy(pixels, torch.full((2,), DIGIT)) >= 0.5
+
+
+def parse_sigmas(text: str) -> list[float]:
+    return [float(v) for v in text.replace("tensor(", "").replace("[", "").replace("])", "").replace(")", "")
+            .replace("dtype=torch.float64", "").split(",") if v.strip()]
+
+
+@pytest.mark.parametrize("model_name,scheduler", MODELS)
+def test_optimized_schedule_fits_the_sampler_and_never_loses_on_the_pilot(comfy, digit_classifier, model_name,
+                                                                        scheduler):
+    """Optimized Schedule on the real server: pilot noise seed 3 (the image uses seed 0), the sampler of the
+    final run (fs_abm from the dropdown), 6 steps from the model's usual scheduler, 12 pilot runs."""
+    prompt = custom_sampler_prompt(model_name, {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "fs_abm"}},
+                                   digit=str(DIGIT), steps=6, scheduler=scheduler, prefix=f"optimized_{model_name}")
+    prompt["15"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}}
+    prompt["16"] = {"class_type": "FlowScopeOptimizedSchedule", "inputs": {
+        "noise": ["15", 0], "guider": ["12", 0], "sampler": ["10", 0], "sigmas": ["11", 0], "latent_image": ["4", 0],
+        "max_evaluations": 12, "knots": 4, "reference_rtol": 1e-4}}
+    prompt["5"]["inputs"]["sigmas"] = ["16", 0]
+    prompt["17"] = {"class_type": "PreviewAny", "inputs": {"source": ["16", 0]}}
+    prompt["18"] = {"class_type": "PreviewAny", "inputs": {"source": ["16", 1]}}
+    prompt["19"] = {"class_type": "PreviewAny", "inputs": {"source": ["11", 0]}}
+    history = comfy.run(prompt)
+    optimized = parse_sigmas(history["outputs"]["17"]["text"][0])
+    base = parse_sigmas(history["outputs"]["19"]["text"][0])
+    report = history["outputs"]["18"]["text"][0]
+    assert len(optimized) == 7 and optimized[-1] == 0 and all(a > b for a, b in zip(optimized, optimized[1:]))
+    assert optimized[0] == pytest.approx(base[0], rel=1e-6)
+    errors = re.search(r"input sigmas ([0-9.e+-]+) → optimized ([0-9.e+-]+)", report)
+    base_error, error = float(errors.group(1)), float(errors.group(2))
+    assert 0 < error <= base_error, report
+    pixels = images_to_latent_scale(comfy.output_images(history, "8"))
+    assert digit_classifier.accuracy(pixels, torch.full((2,), DIGIT)) >= 0.5
+
+
+def test_optimized_schedule_rejects_a_schedule_without_the_zero_end(comfy):
+    prompt = custom_sampler_prompt("digits-flow", SAMPLER_NODES["abm"], prefix="optimized_split")
+    prompt["15"] = {"class_type": "SplitSigmas", "inputs": {"sigmas": ["11", 0], "step": 6}}
+    prompt["16"] = {"class_type": "FlowScopeOptimizedSchedule", "inputs": {
+        "noise": ["13", 0], "guider": ["12", 0], "sampler": ["10", 0], "sigmas": ["15", 0], "latent_image": ["4", 0],
+        "max_evaluations": 5, "knots": 3, "reference_rtol": 1e-4}}
+    prompt["5"]["inputs"]["sigmas"] = ["16", 0]
+    with pytest.raises(PromptFailed) as failure:
+        comfy.run(prompt)
+    message = error_messages(failure.value.history)[0]["exception_message"]
+    assert "Optimized Schedule" in message and "'sigmas'" in message and "end in 0" in message, message
+    assert comfy.alive()
 
 
 def test_increasing_sigmas_give_a_clear_error_and_the_server_stays_up(comfy):
