@@ -92,10 +92,39 @@ def which_sampler(object_info) -> dict:
              if node["id"] not in (5, 6, 9)]
     nodes += [
         {"id": 10, "type": "FlowScopeCompareSamplers", "pos": [660, 0], "size": [560, 640],
-         "widgets": {"samplers": "euler, heun, dpmpp_2m, uni_pc, fs_heun, fs_rk4, fs_ab3, fs_secant",
+         "widgets": {"samplers": "euler, heun, dpmpp_2m, uni_pc, fs_heun, fs_rk4, fs_ab3, fs_abm",
                      "steps": "4, 8, 16", "scheduler": "simple", "reference_rtol": 1e-5},
          "links": {"noise": (7, 0), "guider": (4, 0), "latent_image": (8, 0)}},
         {"id": 11, "type": "PreviewAny", "pos": [1260, 0], "size": [520, 400], "links": {"source": (10, 1)}},
+    ]
+    return build_ui_workflow(nodes, object_info)
+
+
+def optimized_schedule(object_info) -> dict:
+    """Fit beta/8 steps to fs_abm on pilot noise (seed 1), then sample seed 42 with plain and optimized sigmas."""
+    chain = recorded_chain(1, 0, "digits-flow", "5", "fs_abm", "beta", "", seed=42, steps=8)
+    nodes = [node for node in chain if node["id"] != 9]  # model 1, conds 2–3, guider 4, sampler 5, sigmas 6,
+    nodes += [                                          # noise 7 (final run), latent 8
+        {"id": 10, "type": "RandomNoise", "pos": [40, 520], "widgets": {"noise_seed": 1}, "title": "pilot noise"},
+        {"id": 11, "type": "FlowScopeOptimizedSchedule", "pos": [660, 0], "size": [340, 260],
+         "widgets": {"max_evaluations": 60, "knots": 6, "reference_rtol": 1e-5},
+         "links": {"noise": (10, 0), "guider": (4, 0), "sampler": (5, 0), "sigmas": (6, 0),
+                   "latent_image": (8, 0)}},
+        {"id": 12, "type": "PreviewAny", "pos": [1040, 0], "size": [420, 160], "links": {"source": (11, 1)},
+         "title": "pilot error before → after"},
+        {"id": 13, "type": "SamplerCustomAdvanced", "pos": [1040, 200],
+         "links": {"noise": (7, 0), "guider": (4, 0), "sampler": (5, 0), "sigmas": (11, 0),
+                   "latent_image": (8, 0)}, "title": "optimized schedule"},
+        {"id": 14, "type": "SamplerCustomAdvanced", "pos": [1040, 460],
+         "links": {"noise": (7, 0), "guider": (4, 0), "sampler": (5, 0), "sigmas": (6, 0),
+                   "latent_image": (8, 0)}, "title": "input schedule"},
+        {"id": 15, "type": "VAELoader", "pos": [1040, 720], "widgets": {"vae_name": "pixel_space"}},
+        {"id": 16, "type": "VAEDecode", "pos": [1380, 200], "links": {"samples": (13, 0), "vae": (15, 0)}},
+        {"id": 17, "type": "VAEDecode", "pos": [1380, 460], "links": {"samples": (14, 0), "vae": (15, 0)}},
+        {"id": 18, "type": "SaveImage", "pos": [1640, 200], "widgets": {"filename_prefix": "flowscope_optimized"},
+         "links": {"images": (16, 0)}},
+        {"id": 19, "type": "SaveImage", "pos": [1640, 460], "widgets": {"filename_prefix": "flowscope_input_schedule"},
+         "links": {"images": (17, 0)}},
     ]
     return build_ui_workflow(nodes, object_info)
 
@@ -108,7 +137,8 @@ def main():
                                     "flowscope_demo_diffusion", 42))
     workflows = {"flowscope_digits_demo.json": build_ui_workflow(nodes, object_info),
                  "flowscope_flow_vs_diffusion.json": flow_vs_diffusion(object_info),
-                 "flowscope_which_sampler.json": which_sampler(object_info)}
+                 "flowscope_which_sampler.json": which_sampler(object_info),
+                 "flowscope_optimized_schedule.json": optimized_schedule(object_info)}
     for name, workflow in workflows.items():
         out = ROOT / "example_workflows" / name
         out.write_text(json.dumps(workflow, indent=1) + "\n")

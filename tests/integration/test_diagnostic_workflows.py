@@ -44,3 +44,22 @@ def test_which_sampler_reports_error_against_nfe(comfy, object_info):
     assert result[("euler", 16)][1] < result[("euler", 4)][1]
     chart = history["outputs"]["10"]["flowscope_chart"][0]
     assert chart["x_log"] and chart["y_log"] and len(chart["series"]) == len(samplers)
+
+
+def test_optimized_schedule_example_fits_the_pilot_and_samples_both_schedules(comfy, object_info, digit_classifier):
+    import re
+
+    import torch
+
+    from tests.integration.prompts import images_to_latent_scale
+
+    prompt, history = run_workflow(comfy, object_info, "flowscope_optimized_schedule.json")
+    report = history["outputs"]["12"]["text"][0]
+    errors = re.search(r"input sigmas ([0-9.e+-]+) → optimized ([0-9.e+-]+)", report)
+    assert errors and float(errors.group(2)) < float(errors.group(1)), report
+    assert "8 steps" in report
+    for node in ("18", "19"):
+        images = comfy.output_images(history, node)
+        assert len(images) == 4
+        pixels = images_to_latent_scale(images)
+        assert digit_classifier.accuracy(pixels, torch.full((4,), 5)) >= 0.75, node
