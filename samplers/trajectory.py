@@ -22,6 +22,7 @@ The per-step local error estimate is the Heun–Euler difference
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -42,8 +43,16 @@ def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _rms(flat: torch.Tensor) -> torch.Tensor:
-    return flat.to(accumulation_dtype(flat)).pow(2).mean(dim=1).sqrt()
+def _norm(flat: torch.Tensor) -> torch.Tensor:
+    """Per-sample Euclidean norm [B], accumulated in :func:`accumulation_dtype` (one kernel)."""
+    return torch.linalg.vector_norm(flat, dim=1, dtype=accumulation_dtype(flat))
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    acc = accumulation_dtype(a)
+    if a.dtype != acc:
+        a, b = a.to(acc), b.to(acc)
+    return torch.linalg.vecdot(a, b, dim=1)
 
 
 @dataclass
@@ -126,7 +135,12 @@ def straightness(trajectory: Trajectory) -> dict:
 
 
 class TrajectoryRecorder:
-    """Feed with :meth:`on_model_call` and :meth:`on_step`, close with :meth:`finish`."""
+    """Feed with :meth:`on_model_call` and :meth:`on_step`, close with :meth:`finish`.
+
+    The hooks do the fewest tensor operations they can (a norm or dot product per statistic, ~10 small ops
+    per step on one model call) and keep raw norms and dots; divisions by √d, by Δt and between norms are
+    done once, vectorized, in :meth:`finish` — on a 2 ms model call the hooks are otherwise what shows.
+    """
 
     def __init__(self, flow: bool, sigmas, label: str = "", record_latents: bool = False,
                  max_latents: int = DEFAULT_MAX_LATENTS):
@@ -135,13 +149,15 @@ class TrajectoryRecorder:
         self.label = label
         self.record_latents = record_latents
         self.max_latents = max_latents
-        self.calls_t, self.calls_velocity, self.calls_drift, self.calls_step = [], [], [], []
-        self.step_velocity, self.secant_sq, self.segment, self.turn, self.error = [], [], [], [], []
+        # per call: flow time [B], ‖x_flow − D‖ [B], ‖D_k − D_{k−1}‖ [B], step index
+        self.calls_t, self.calls_velocity_norm, self.calls_drift_norm, self.calls_step = [], [], [], []
+        # per step: ‖v‖ at the step start, ‖v_i − v_{i−1}‖, ‖x_i − x_{i+1}‖, ⟨x_{i−1} − x_i, x_i − x_{i+1}⟩
+        self.step_velocity_norm, self.velocity_change_norm, self.segment_norm, self.segment_dot = [], [], [], []
         self.point_sigma: list[torch.Tensor] = []  # 0-d device tensors: no host sync while sampling
         self.latents = []
-        self._recent_calls = deque(maxlen=8)  # (id, data_ptr, σ, call index) of recent denoised outputs
+        self._recent_calls = deque(maxlen=8)  # (id, data_ptr, σ tensor, call index) of recent denoised outputs
         self.current_step = 0
-        self._start = self._point = self._secant = self._step_velocity = self._denoised = None
+        self._start = self._point = self._displacement = self._step_velocity = self._denoised = None
         self._dim = self._batch = None
         self._sigma_grid = None
 
@@ -165,15 +181,14 @@ class TrajectoryRecorder:
         sigma = sigma.reshape(-1).to(device=x.device, dtype=accumulation_dtype(x))
         if sigma.numel() == 1:
             sigma = sigma.expand(x.shape[0])
-        velocity = self._velocity(x, sigma, denoised)
+        flat, t = self._flow_point(x, sigma)
         flat_denoised = flatten_batch(denoised)
-        self.calls_t.append(sigma if self.flow else sigma / (1 + sigma))
-        self.calls_velocity.append(_rms(velocity))
-        self.calls_drift.append(torch.zeros_like(sigma) if self._denoised is None
-                                else _rms(flat_denoised - self._denoised))
+        self.calls_t.append(t)
+        self.calls_velocity_norm.append(_norm(flat - flat_denoised))  # ÷ t in finish
+        self.calls_drift_norm.append(None if self._denoised is None else _norm(flat_denoised - self._denoised))
         self.calls_step.append(self.current_step)
         self._denoised = flat_denoised.detach().clone()
-        self._recent_calls.append((id(denoised), denoised.data_ptr(), sigma[0], len(self.calls_step) - 1))
+        self._recent_calls.append((id(denoised), denoised.data_ptr(), sigma, len(self.calls_step) - 1))
 
     def _sigma_of_step(self, i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
         """Where the sampler really evaluated (σ̂ with churn, adaptive σ): the call that produced this
@@ -181,7 +196,7 @@ class TrajectoryRecorder:
         for ident, pointer, sigma, index in reversed(self._recent_calls):
             if ident == id(denoised) and pointer == denoised.data_ptr():
                 self.calls_step[index:] = [i] * (len(self.calls_step) - index)
-                return sigma
+                return sigma[0]
         return self._grid(x)[i]
 
     def _grid(self, like: torch.Tensor) -> torch.Tensor:
@@ -194,12 +209,11 @@ class TrajectoryRecorder:
         if i >= len(self.sigmas) - 1:
             return
         sigma = self._sigma_of_step(i, x, denoised).to(accumulation_dtype(x))
-        velocity = self._velocity(x, sigma, denoised)
+        velocity = self._velocity(x, sigma, denoised)  # a new tensor: kept without a copy
         if self._step_velocity is not None:
-            dt = self._t(self.point_sigma[-1]) - self._t(sigma)
-            self.error.append(0.5 * dt * _rms(velocity - self._step_velocity))
-        self.step_velocity.append(_rms(velocity))
-        self._step_velocity = velocity.detach().clone()
+            self.velocity_change_norm.append(_norm(velocity - self._step_velocity))
+        self.step_velocity_norm.append(_norm(velocity))
+        self._step_velocity = velocity
         self._advance(x, sigma)
         self.current_step = i  # later calls belong to step i until the next callback claims its first call
 
@@ -211,27 +225,24 @@ class TrajectoryRecorder:
         if self._point is None:
             self._start = point.clone()
         else:
-            dt = self._t(self.point_sigma[-1]) - t
             displacement = self._point - point
-            secant = displacement / dt
-            self.segment.append(_rms(displacement))
-            acc = accumulation_dtype(secant)
-            self.secant_sq.append(secant.to(acc).pow(2).mean(dim=1))
-            if self._secant is not None:
-                dot = (secant.to(acc) * self._secant.to(acc)).sum(dim=1)
-                norms = secant.to(acc).norm(dim=1) * self._secant.to(acc).norm(dim=1)
-                self.turn.append(dot / norms.clamp_min(torch.finfo(acc).tiny))
-            self._secant = secant.clone()
+            self.segment_norm.append(_norm(displacement))
+            if self._displacement is not None:
+                self.segment_dot.append(_dot(displacement, self._displacement))
+            self._displacement = displacement
         self._point = point.clone()
         self.point_sigma.append(sigma)
         if self.record_latents and len(self.latents) < self.max_latents:
             self.latents.append((t, point.clone()))
 
     def finish(self, x_final: torch.Tensor, interrupted: bool = False) -> Trajectory:
-        """Close the path at the sampler's output (σ = sigmas[−1]) and copy everything to the host once."""
+        """Close the path at the sampler's output (σ = sigmas[−1]), copy everything to the host once and turn
+        the raw norms and dots into the per-dimension statistics of :class:`Trajectory`."""
         if self._point is not None and not interrupted:
             self._advance(x_final, self._grid(x_final)[-1])
         batch = self._batch or x_final.shape[0]
+        dim = self._dim or flatten_batch(x_final).shape[1]
+        root_dim = math.sqrt(dim)
         empty = torch.zeros(0, batch, dtype=torch.float64)
 
         def stack(values):
@@ -241,14 +252,22 @@ class TrajectoryRecorder:
                     if self._start is not None else torch.zeros(batch, dtype=torch.float64))
         points = (torch.stack(self.point_sigma).double().cpu() if self.point_sigma
                   else torch.zeros(0, dtype=torch.float64))
+        t = points if self.flow else points / (1 + points)
+        dt = (t[:-1] - t[1:])[:, None]
+        segment = stack(self.segment_norm)
+        change = stack(self.velocity_change_norm)
+        norms = segment.clamp_min(torch.finfo(torch.float64).tiny)
+        drift = [torch.zeros_like(self.calls_velocity_norm[0]) if d is None else d for d in self.calls_drift_norm]
+        call_t = stack(self.calls_t)
         return Trajectory(
-            parameterization="flow" if self.flow else "ve→flow", label=self.label,
-            dim=self._dim or flatten_batch(x_final).shape[1], batch=batch,
-            status="interrupted" if interrupted else "complete",
-            t=points if self.flow else points / (1 + points), sigma=points,
-            step_velocity_rms=stack(self.step_velocity), secant_sq=stack(self.secant_sq),
-            segment_length=stack(self.segment), turn_cos=stack(self.turn), local_error=stack(self.error),
-            chord_sq=chord_sq, call_t=stack(self.calls_t), call_velocity_rms=stack(self.calls_velocity),
-            call_x0_drift_rms=stack(self.calls_drift),
+            parameterization="flow" if self.flow else "ve→flow", label=self.label, dim=dim, batch=batch,
+            status="interrupted" if interrupted else "complete", t=t, sigma=points,
+            step_velocity_rms=stack(self.step_velocity_norm) / root_dim,
+            secant_sq=(segment / dt[:len(segment)]).pow(2) / dim,
+            segment_length=segment / root_dim,
+            turn_cos=stack(self.segment_dot) / (norms[1:] * norms[:-1]),
+            local_error=0.5 * dt[:len(change)] * change / root_dim,
+            chord_sq=chord_sq, call_t=call_t, call_velocity_rms=stack(self.calls_velocity_norm) / call_t / root_dim,
+            call_x0_drift_rms=stack(drift) / root_dim,
             call_step=torch.tensor(self.calls_step, dtype=torch.long),
             latents=[(float(t), latent.cpu()) for t, latent in self.latents])
