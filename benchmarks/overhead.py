@@ -377,7 +377,7 @@ def _storage_bytes(tensors, seen) -> tuple[int, int]:
     return total, count
 
 
-BUFFER_FIELDS = ("_start", "_point", "_secant", "_step_velocity", "_denoised")  # latent-sized; _sigma_grid is O(steps)
+BUFFER_FIELDS = ("_start", "_point", "_displacement", "_step_velocity", "_denoised")  # latent-sized; _sigma_grid is O(steps)
 
 
 def recorder_memory(work: Workload, name: str, step_counts, log):

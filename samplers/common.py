@@ -202,11 +202,6 @@ def resolve_noise_sampler(x, extra_args, noise_sampler):
     return default_noise_sampler(x, seed=seed)
 
 
-def batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample inner product over all non-batch dimensions, shape [B]."""
-    return (a * b).reshape(a.shape[0], -1).sum(1)
-
-
 def batch_norm(a: torch.Tensor) -> torch.Tensor:
     """Per-sample Euclidean norm over all non-batch dimensions, shape [B]."""
     return a.reshape(a.shape[0], -1).norm(dim=1)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import (ModelDerivative, append_dims, batch_dot, check_choice, check_range, progress_range,
+from .common import (ModelDerivative, append_dims, check_choice, check_range, progress_range,
                      report, validate_data_end_sigma, validate_latent, validate_sigmas)
 
 
@@ -142,11 +142,12 @@ def sample_nesterov(model, x, sigmas, extra_args=None, callback=None, disable=No
 
 
 def _phi(z: torch.Tensor):
-    """φ₁(z) = (e^z − 1)/z and φ₂(z) = (e^z − 1 − z)/z², by series near 0."""
+    """φ₁(z) = (e^z − 1)/z and φ₂(z) = (e^z − 1 − z)/z², by series near 0 (one expm1 for both)."""
     small = z.abs() < 1e-3
     safe = torch.where(small, torch.ones_like(z), z)
-    phi1 = torch.where(small, 1.0 + z / 2 + z * z / 6, torch.expm1(safe) / safe)
-    phi2 = torch.where(small, 0.5 + z / 6 + z * z / 24, (torch.expm1(safe) - safe) / (safe * safe))
+    growth = torch.expm1(safe)
+    phi1 = torch.where(small, 1.0 + z * (0.5 + z / 6), growth / safe)
+    phi2 = torch.where(small, 0.5 + z * (1 / 6 + z / 24), (growth - safe) / (safe * safe))
     return phi1, phi2
 
 
@@ -181,14 +182,17 @@ def sample_secant(model, x, sigmas, extra_args=None, callback=None, disable=None
         else:
             previous_x, previous_d = previous
             dx, dd = x - previous_x, d - previous_d
-            curvature = batch_dot(dd, dx) / batch_dot(dx, dx).clamp_min(torch.finfo(x.dtype).tiny)
+            flat_dx = dx.reshape(dx.shape[0], -1)
+            curvature = (torch.linalg.vecdot(dd.reshape(dd.shape[0], -1), flat_dx)
+                         / torch.linalg.vecdot(flat_dx, flat_dx).clamp_min(torch.finfo(x.dtype).tiny))
             z = (curvature * h).clamp(-limit, limit)
-            phi1, phi2 = (append_dims(phi, x.ndim) for phi in _phi(z))
-            x_next = x + d * (phi1 * h)
+            phi1, phi2 = _phi(z)
+            x_next = torch.addcmul(x, d, append_dims(phi1 * h, x.ndim))
             if variant == "ab2":
-                lam = append_dims(z / h, x.ndim)
-                nonlinear_change = dd - dx * lam  # N_k − N_{k−1} with the same λ
-                x_next = x_next + nonlinear_change * (phi2 * (h * h / (sigma - grid[i - 1])))
+                # N_k − N_{k−1} = (d_k − d_{k−1}) − λ (x_k − x_{k−1}) with the same λ = z/h
+                nonlinear_change = torch.addcmul(dd, dx, append_dims(z / -h, x.ndim))
+                x_next = torch.addcmul(x_next, nonlinear_change,
+                                       append_dims(phi2 * (h * h / (sigma - grid[i - 1])), x.ndim))
         previous = (x, d)
         x = x_next
     return x
