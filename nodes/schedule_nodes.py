@@ -157,15 +157,10 @@ class OptimizedSchedule(io.ComfyNode):
     def execute(cls, noise, guider, sampler, sigmas, latent_image, max_evaluations, knots,
                 reference_rtol) -> io.NodeOutput:
         who = "FlowScope · Optimized Schedule"
-        if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or len(sigmas) < 2:
-            raise ValueError(f"{who}: input 'sigmas' must be a 1-D schedule with at least one step")
+        core.validate_sigmas(sigmas, f"{who}, input 'sigmas'")
         if float(sigmas[-1]) != 0:
-            raise ValueError(f"{who}: input 'sigmas' must end in 0 (got {float(sigmas[-1]):g}); optimize "
-                             f"a full schedule, then split it")
-        try:
-            core.validate_sigmas(sigmas, who)
-        except ValueError as error:
-            raise ValueError(f"{who}: input 'sigmas': {error}") from error
+            raise ValueError(f"{who}, input 'sigmas': the schedule must end in 0 (got {float(sigmas[-1]):g}); "
+                             f"optimize a full schedule, then split it")
         result = {}
         planner = ScheduleOptimizer(sampler, guider.model_patcher.get_model_object("model_sampling"),
                                     knots, max_evaluations, reference_rtol, result)

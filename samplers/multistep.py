@@ -7,8 +7,9 @@ order ≥ k (Heun for AB2, RK4 for AB3/AB4), which keeps the measured order nomi
 
 Multistep = momentum: AB2 on a uniform grid is ``x + h[(3/2)d_n − (1/2)d_{n−1}]``, i.e. a gradient step plus
 half the change of the gradient — heavy-ball-type momentum with β = 1/2 (see :mod:`.optimizers`).
-The update never evaluates the model at σ_{n+1}, so the σ = 0 end needs no special rule except in a
-warm-start step (see :mod:`.common`).
+The update never evaluates the model at σ_{n+1}. A step to σ = 0 without ``data_end_sigma`` (VE/EPS models,
+which are not defined below σ_min) is the "take the denoised" Euler step, as in k-diffusion: extrapolating the
+velocity polynomial over the last, typically much longer, step to 0 amplifies the model's roughness.
 """
 from __future__ import annotations
 
@@ -75,8 +76,9 @@ def sample_adams_bashforth(model, x, sigmas, extra_args=None, callback=None, dis
         history.insert(0, evaluation.derivative)
         del history[order:]
         steps_back = min(order, i + 1) if warm_start == "lower_order" else order
-        if i < steps_back - 1 or (warm_start == "runge_kutta" and i < order - 1):
-            stepper = EULER if (sigma_next == 0 and data_end_sigma is None) else warm_tableau
+        denoise_end = sigma_next == 0 and data_end_sigma is None
+        if denoise_end or i < steps_back - 1 or (warm_start == "runge_kutta" and i < order - 1):
+            stepper = EULER if denoise_end else warm_tableau
             x = rk_step(derivative, x, sigma, sigma_next, stepper, first_derivative=evaluation).x
         else:
             weights = adams_bashforth_weights(grid[i - steps_back + 1:i + 1][::-1], sigma_next)

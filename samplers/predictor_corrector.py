@@ -14,8 +14,10 @@ PEC: the predictor gives ``x^p_{n+1}``; the one model evaluation at ``(x^p_{n+1}
 correct ``x_{n+1}`` with one more interpolation point (the Adams–Moulton / UniC idea, Zhao et al. 2023,
 "UniPC", arXiv:2302.04867: the order rises by one at no extra NFE) and as the newest history entry of the
 next predictor. The first steps use the history they have (lower order, 1 NFE per step from the start).
-The step that ends at σ = 0 (λ = ∞) is a σ-time Adams–Bashforth step on the velocity history (no model
-evaluation at σ = 0 is needed); the corrector is not applied there. Weights are computed in float64.
+The step that ends at σ = 0 (λ = ∞): with ``data_end_sigma`` (flow models) a σ-time Adams–Bashforth step on the
+velocity history (no model evaluation at σ = 0 is needed, the order is kept); without it (VE/EPS models, not
+defined below σ_min) the "take the denoised" step ``x ← D`` as in k-diffusion, and the step before it skips the
+corrector so that D belongs to x (UniPC also drops the corrector at the end). Weights are computed in float64.
 """
 from __future__ import annotations
 
@@ -111,7 +113,7 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
     See the module docstring. ``corrector=False`` gives the plain variable-step Adams–Bashforth
     (``prediction="velocity"``) or DPM-Solver++-type exponential multistep (``"data"``) predictor of order
     ``order``; with the corrector the order is ``order + 1`` on steps that have enough history.
-    ``data_end_sigma`` is accepted for signature compatibility: the model is never evaluated at σ = 0.
+    ``data_end_sigma`` only selects the σ = 0 end (see the module docstring): the model is never evaluated there.
     """
     who = "fs_exp_abm" if prediction == "data" else "fs_abm"
     check_choice(prediction, PREDICTIONS, who, "prediction")
@@ -119,7 +121,7 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
         raise ValueError(f"{who}: order = {order!r} must be 1, 2, 3 or 4")
     grid = validate_sigmas(sigmas, who)
     validate_latent(x, who)
-    validate_data_end_sigma(data_end_sigma, who)
+    data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
     derivative = ModelDerivative(model, x, sigmas, extra_args, None)
     update = _Update(prediction)
     history_sigmas, history_outputs, history_velocities = [], [], []  # newest first
@@ -131,10 +133,14 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
         for history in (history_sigmas, history_outputs, history_velocities):
             del history[order + 1:]
 
+    denoise_end = grid[-1] == 0 and data_end_sigma is None
     evaluation = derivative(x, grid[0]) if len(grid) > 1 else None
     for i in progress_range(len(grid) - 1, disable=disable):
         sigma, sigma_next = grid[i], grid[i + 1]
         report(callback, x, i, sigmas[i], evaluation.denoised)
+        if sigma_next == 0 and denoise_end:
+            x = evaluation.denoised
+            break
         remember(sigma, evaluation)
         points = min(order, len(history_sigmas))
         outputs = history_velocities if sigma_next == 0 else history_outputs
@@ -144,7 +150,7 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
             x = predicted
             break
         evaluation = derivative(predicted, sigma_next)
-        if not corrector:
+        if not corrector or (denoise_end and i + 2 == len(grid) - 1):
             x = predicted
             continue
         corrector_sigmas = [sigma_next] + history_sigmas[:order]

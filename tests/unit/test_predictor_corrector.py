@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from tests.unit.analytic_problems import measured_order, uniform
+from tests.unit.analytic_problems import DATA_END_SIGMA, measured_order, uniform
 from samplers.multistep import sample_adams_bashforth
 from samplers.predictor_corrector import (exponential_moments, interpolation_weights, polynomial_moments,
                                           sample_fs_abm, sample_fs_exp_abm, sample_multistep_pc)
@@ -53,7 +53,8 @@ def test_the_corrector_adds_one_order(problem, prediction, order, grid, expected
     """Measured at the time of writing (32–256 steps): velocity 1.90 / 2.95 / 3.81; data on the (1 − t)² grid
     1.89 / 2.95 / 3.55 (order 3 is still pre-asymptotic there)."""
     def run(model, x, sigmas):
-        return sample_multistep_pc(model, x, sigmas, order=order, prediction=prediction, disable=True)
+        return sample_multistep_pc(model, x, sigmas, order=order, prediction=prediction,
+                                   data_end_sigma=DATA_END_SIGMA, disable=True)
 
     measured, errors = measured_order(run, problem, [32, 64, 128, 256], grid)
     assert abs(measured - expected) < tolerance, (measured, errors)
@@ -61,11 +62,29 @@ def test_the_corrector_adds_one_order(problem, prediction, order, grid, expected
 
 def test_without_corrector_velocity_is_adams_bashforth_with_lower_order_start(problem):
     for order in (2, 3, 4):
-        ours = sample_multistep_pc(problem.model, problem.noise, uniform(12), order=order, corrector=False,
-                                   disable=True)
-        ab = sample_adams_bashforth(problem.model, problem.noise, uniform(12), order=order, warm_start="lower_order",
-                                    disable=True)
-        assert torch.allclose(ours, ab, rtol=0, atol=1e-12), order
+        for end in (DATA_END_SIGMA, None):
+            ours = sample_multistep_pc(problem.model, problem.noise, uniform(12), order=order, corrector=False,
+                                       data_end_sigma=end, disable=True)
+            ab = sample_adams_bashforth(problem.model, problem.noise, uniform(12), order=order,
+                                        warm_start="lower_order", data_end_sigma=end, disable=True)
+            assert torch.allclose(ours, ab, rtol=0, atol=1e-12), (order, end)
+
+
+@pytest.mark.parametrize("prediction", ["velocity", "data"])
+def test_without_data_end_sigma_the_last_step_takes_the_denoised_of_the_uncorrected_point(problem, prediction):
+    """VE convention (k-diffusion, and the reference of the quality benchmark): x_N = D(x_{N−1}, σ_{N−1})."""
+    calls = []
+
+    def recording(x, sigma, **extra_args):
+        denoised = problem.model(x, sigma)
+        calls.append((x.clone(), denoised))
+        return denoised
+
+    out = sample_multistep_pc(recording, problem.noise, dense_near_zero(8), prediction=prediction, disable=True)
+    last_x, last_denoised = calls[-1]
+    assert torch.equal(out, last_denoised)
+    assert torch.allclose(problem.model(last_x, torch.full((16,), float(dense_near_zero(8)[-2]), dtype=torch.float64)),
+                          out, rtol=0, atol=1e-14)
 
 
 def test_first_order_data_prediction_without_corrector_is_euler(problem):
