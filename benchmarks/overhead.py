@@ -626,7 +626,7 @@ def render(args, info, per_call_results, recording, hooks, memory, peaks, loop, 
     out.append("## Recorder memory vs steps\n")
     out.append("Bytes the recorder holds at the end of a recording, counted per unique tensor storage (the host "
                "object overhead of each retained small tensor is not included here, see allocated Δ; their count is "
-               "given): *buffers* are its latent-sized working tensors (start point, previous point, secant, "
+               "given): *buffers* are its latent-sized working tensors (start point, previous point, previous displacement, "
                "step-start velocity, previous denoised), *series* the per-call/per-step scalar lists; *Trajectory* "
                "is the finished host record. *Allocated Δ*: bytes still allocated (glibc `mallinfo2`, exact) after "
                "the recording than before it, with the recorder and its Trajectory alive — everything the recording "

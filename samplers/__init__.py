@@ -63,7 +63,8 @@ SAMPLER_INFO = {
     "fs_ab3": dict(order=3, nfe_per_step="1", advice="Third order at 1 NFE/step; needs ≳ 10 steps to pay off."),
     "fs_ab4": dict(order=4, nfe_per_step="1", advice="Fourth order at 1 NFE/step; for smooth paths and many steps."),
     "fs_abm": dict(order=3, nfe_per_step="1",
-                   advice="Adams–Bashforth–Moulton PEC (AB2 + 3-point corrector): order 3 at 1 NFE/step; flow models."),
+                   advice="Adams–Bashforth–Moulton PEC (AB2 + 3-point corrector): order 3 at 1 NFE/step; "
+                          "flow models."),
     "fs_exp_abm": dict(order=3, nfe_per_step="1",
                        advice="Data-prediction exponential multistep PEC in log σ (UniPC-like); for EPS/VE models."),
     "fs_heavy_ball": dict(order=2, nfe_per_step="1",

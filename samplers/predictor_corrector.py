@@ -55,8 +55,8 @@ def polynomial_moments(h: float, count: int) -> list[float]:
 def exponential_moments(h: float, count: int) -> list[float]:
     """``J_p = ∫_0^h e^{u−h} u^p du`` for p < count, h > 0, float64.
 
-    Recurrence ``J_0 = 1 − e^{−h}``, ``J_p = h^p − p J_{p−1}`` (integration by parts) for h ≥ 1/2; below, where
-    the recurrence cancels, the series ``J_p = e^{−h} Σ_m h^{p+m+1}/(m!(p+m+1))``.
+    Recurrence ``J_0 = 1 − e^{−h}``, ``J_p = h^p − p J_{p−1}`` (integration by parts) for h ≥ 1/2; below,
+    where the recurrence cancels, the series ``J_p = e^{−h} Σ_m h^{p+m+1}/(m!(p+m+1))``.
     """
     if h >= 0.5:
         moments = [-math.expm1(-h)]
@@ -106,7 +106,7 @@ class _Update:
         return sigma_next / sigma, interpolation_weights(nodes, exponential_moments(h, len(nodes)))
 
 
-def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, order=3,
+def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, order=2,
                         prediction="velocity", corrector=True, data_end_sigma=None):
     """Multistep predictor (``order`` points, 1–4) plus a one-point-higher corrector, 1 NFE per step.
 

@@ -3,7 +3,7 @@
 A :class:`TrajectoryRecorder` is fed by two hooks that exist for *every* ComfyUI sampler: each model call
 (x, σ, denoised) and each step callback (i, x, denoised). It never changes a tensor it is given, so sampling
 with and without recording is bit-identical. By default it keeps only per-call / per-step scalars, as
-device tensors, plus five latent-sized buffers (start point, previous point, previous secant velocity,
+device tensors, plus five latent-sized buffers (start point, previous point, previous displacement,
 previous step-start velocity, previous denoised); they are copied to the host once, in :meth:`finish`.
 
 Common parameterization (MISSION.md): flow models are recorded as they are (``t = σ``); VE models
