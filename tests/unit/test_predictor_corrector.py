@@ -20,11 +20,11 @@ def quadrature(f, a, b, n=20000):
     return total * h / 3
 
 
-@pytest.mark.parametrize("h", [1e-3, 0.1, 0.49, 0.51, 2.0, 10.0])
+@pytest.mark.parametrize("h", [1e-3, 0.049, 0.051, 0.1, 0.5, 2.0, 10.0])
 def test_exponential_moments_match_quadrature(h):
-    for p, moment in enumerate(exponential_moments(h, 4)):
+    for p, moment in enumerate(exponential_moments(h, 5)):
         exact = quadrature(lambda u: math.exp(u - h) * u ** p, 0.0, h)
-        assert moment == pytest.approx(exact, rel=1e-9, abs=1e-300), (h, p)
+        assert moment == pytest.approx(exact, rel=1e-8, abs=1e-300), (h, p)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
