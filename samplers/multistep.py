@@ -19,12 +19,33 @@ from .runge_kutta import rk_step
 from .tableaux import EULER, HEUN, RK4
 
 
-def _poly_mul(p, q):
-    out = [0.0] * (len(p) + len(q) - 1)
-    for i, a in enumerate(p):
-        for j, b in enumerate(q):
-            out[i + j] += a * b
-    return out
+def _lagrange_basis(nodes):
+    """Coefficient lists (ascending powers of u) of the Lagrange basis polynomials on ``nodes``."""
+    basis = []
+    for j, tj in enumerate(nodes):
+        poly = [1.0]
+        for m, tm in enumerate(nodes):
+            if m == j:
+                continue
+            scale = 1.0 / (tj - tm)
+            shifted = [0.0] * (len(poly) + 1)
+            for p, c in enumerate(poly):  # poly · (u − tm)/(tj − tm)
+                shifted[p] -= c * tm * scale
+                shifted[p + 1] += c * scale
+            poly = shifted
+        basis.append(poly)
+    return basis
+
+
+def polynomial_moments(h: float, count: int) -> list[float]:
+    """``∫_0^h u^p du`` for p < count (σ-time weights; h may be negative)."""
+    return [h ** (p + 1) / (p + 1) for p in range(count)]
+
+
+def interpolation_weights(nodes, moments) -> list[float]:
+    """``w_m = Σ_p coef_{m,p} · moment_p``: the integral of each Lagrange basis polynomial on ``nodes``
+    against the kernel whose moments ``∫ K(u) u^p du`` are given (float64)."""
+    return [sum(c * moments[p] for p, c in enumerate(poly)) for poly in _lagrange_basis(nodes)]
 
 
 def adams_bashforth_weights(past_sigmas, sigma_next) -> list[float]:
@@ -36,15 +57,7 @@ def adams_bashforth_weights(past_sigmas, sigma_next) -> list[float]:
     """
     base = past_sigmas[0]
     nodes = [s - base for s in past_sigmas]
-    h = sigma_next - base
-    weights = []
-    for j, tj in enumerate(nodes):
-        poly = [1.0]
-        for m, tm in enumerate(nodes):
-            if m != j:
-                poly = _poly_mul(poly, [-tm / (tj - tm), 1.0 / (tj - tm)])
-        weights.append(sum(coef * h ** (p + 1) / (p + 1) for p, coef in enumerate(poly)))
-    return weights
+    return interpolation_weights(nodes, polynomial_moments(sigma_next - base, len(nodes)))
 
 
 def sample_adams_bashforth(model, x, sigmas, extra_args=None, callback=None, disable=None, order=2,

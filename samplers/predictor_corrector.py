@@ -27,31 +27,9 @@ import torch
 
 from .common import (ModelDerivative, check_choice, progress_range, report, validate_data_end_sigma,
                      validate_latent, validate_sigmas)
+from .multistep import interpolation_weights, polynomial_moments  # the Lagrange weights Adams–Bashforth uses
 
 PREDICTIONS = ("velocity", "data")
-
-
-def _lagrange_basis(nodes):
-    """Coefficient lists (ascending powers of u) of the Lagrange basis polynomials on ``nodes``."""
-    basis = []
-    for j, tj in enumerate(nodes):
-        poly = [1.0]
-        for m, tm in enumerate(nodes):
-            if m == j:
-                continue
-            scale = 1.0 / (tj - tm)
-            shifted = [0.0] * (len(poly) + 1)
-            for p, c in enumerate(poly):  # poly · (u − tm)/(tj − tm)
-                shifted[p] -= c * tm * scale
-                shifted[p + 1] += c * scale
-            poly = shifted
-        basis.append(poly)
-    return basis
-
-
-def polynomial_moments(h: float, count: int) -> list[float]:
-    """``∫_0^h u^p du`` for p < count (σ-time weights; h may be negative)."""
-    return [h ** (p + 1) / (p + 1) for p in range(count)]
 
 
 def exponential_moments(h: float, count: int) -> list[float]:
@@ -79,11 +57,6 @@ def exponential_moments(h: float, count: int) -> list[float]:
             term *= h / m
         moments.append(decay * total)
     return moments
-
-
-def interpolation_weights(nodes, moments) -> list[float]:
-    """``w_m = Σ_p coef_{m,p} · moment_p``: the integral of each Lagrange basis polynomial on ``nodes``."""
-    return [sum(c * moments[p] for p, c in enumerate(poly)) for poly in _lagrange_basis(nodes)]
 
 
 def _apply(x, decay, weights, values):

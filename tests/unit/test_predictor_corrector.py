@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from tests.unit.analytic_problems import DATA_END_SIGMA, measured_order, uniform
-from samplers.multistep import sample_adams_bashforth
-from samplers.predictor_corrector import (exponential_moments, interpolation_weights, polynomial_moments,
-                                          sample_fs_abm, sample_fs_exp_abm, sample_multistep_pc)
+from samplers.multistep import interpolation_weights, polynomial_moments, sample_adams_bashforth
+from samplers.predictor_corrector import exponential_moments, sample_fs_abm, sample_fs_exp_abm, sample_multistep_pc
 from samplers.runge_kutta import sample_fs_euler
 
 
