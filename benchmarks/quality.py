@@ -95,13 +95,12 @@ def reference_solution(problem: Problem, rtol: float):
     """Tight fs_dopri5 from σ_max to the model's σ_min (then the same σ = 0 end as every contender)."""
     from ComfyUI_FlowScope.nodes.comfy_sampling import is_flow_model
 
-    sigma_max = float(problem.model_sampling.sigma_max)
-    flow = is_flow_model(problem.model_sampling)
-    end = [0.0] if flow else [float(problem.model_sampling.sigma_min), 0.0]
-    sigmas = torch.tensor([sigma_max, *end], dtype=torch.float32)
-    options = {"rtol": rtol, "atol": rtol / 10, "max_nfe": 200000, "error_norm": "per_sample"}
-    solution, nfe = problem.run(adaptive_sampler("dopri5", **options), sigmas)
-    check, _ = problem.run(adaptive_sampler("dopri5", **{**options, "rtol": rtol / 10, "atol": rtol / 100}), sigmas)
+    from ComfyUI_FlowScope.samplers.schedule_optimization import reference_options, reference_sigmas
+
+    sigma_min = None if is_flow_model(problem.model_sampling) else float(problem.model_sampling.sigma_min)
+    sigmas = reference_sigmas(float(problem.model_sampling.sigma_max), sigma_min).float()
+    solution, nfe = problem.run(flowscope_sampler("sample_adaptive", **reference_options(rtol, 200000)), sigmas)
+    check, _ = problem.run(flowscope_sampler("sample_adaptive", **reference_options(rtol / 10, 200000)), sigmas)
     accuracy = float((solution - check).pow(2).mean().sqrt())
     return check, nfe, accuracy
 

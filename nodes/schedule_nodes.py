@@ -182,19 +182,15 @@ class ScheduleOptimizer(comfy.samplers.Sampler):
     def __init__(self, candidate, model_sampling, knots, max_evaluations, reference_rtol, result, reference=None):
         self.candidate, self.knots, self.max_evaluations = candidate, knots, max_evaluations
         self.reference_rtol, self.result = reference_rtol, result
-        self.flow = is_flow_model(model_sampling)
-        self.sigma_min = None if self.flow else float(model_sampling.sigma_min)
+        self.sigma_min = None if is_flow_model(model_sampling) else float(model_sampling.sigma_min)
         self.reference = reference
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
         stats = {}
-        sigma_end = [0.0] if self.sigma_min is None or self.sigma_min >= float(sigmas[0]) \
-            else [self.sigma_min, 0.0]
-        reference_sigmas = torch.tensor([float(sigmas[0]), *sigma_end], dtype=sigmas.dtype)
+        reference_sigmas = schedule_optimization.reference_sigmas(sigmas[0], self.sigma_min).to(sigmas.dtype)
         reference_sampler = comfy.samplers.KSAMPLER(comfy_sampler_function(core.sample_adaptive), extra_options=dict(
-            method="dopri5", rtol=self.reference_rtol, atol=self.reference_rtol / 10, error_norm="per_sample",
-            max_nfe=100000, stats=stats))
+            **schedule_optimization.reference_options(self.reference_rtol), stats=stats))
 
         def run(sampler, grid):
             return sampler.sample(model_wrap, grid.clone(), dict(extra_args), None, noise, latent_image,

@@ -11,7 +11,8 @@ error of *the sampler that will be used* against a tight reference solve from pi
   N − 1 interior points; ``θ = 0`` returns the base exactly and σ_0 and the final 0 never move.
 - :func:`nelder_mead` — the derivative-free simplex method (Nelder & Mead 1965) on ``log error(θ)``.
 - :func:`optimize_schedule` — both together, keeping the best grid seen (never worse than the base).
-- :func:`pilot_reference` — the reference endpoint: adaptive Dormand–Prince at a tight tolerance.
+- :func:`pilot_reference` — the reference endpoint: adaptive Dormand–Prince at a tight tolerance
+  (:func:`reference_sigmas` and :func:`reference_options`, shared with the node and the quality benchmark).
 
 The optimized grid is as good as the pilot is representative: use pilot noise of the same shape and
 conditioning as the real run (a different seed generalizes; the benchmark checks exactly that).
@@ -130,13 +131,23 @@ def optimize_schedule(error_of, base_sigmas, knots=6, max_evaluations=150, info=
     return warp_schedule(grid, best["theta"])
 
 
+def reference_sigmas(sigma_start, sigma_min=None) -> torch.Tensor:
+    """The grid of a reference solve (float64): ``[σ_start, σ_min, 0]`` for VE/EPS models, whose schedules end
+    ``σ_min → 0``, else ``[σ_start, 0]`` (flow models: ``sigma_min=None``; also when σ_min ≥ σ_start)."""
+    keep_min = sigma_min is not None and float(sigma_min) < float(sigma_start)
+    end = [float(sigma_min), 0.0] if keep_min else [0.0]
+    return torch.tensor([float(sigma_start), *end], dtype=torch.float64)
+
+
+def reference_options(rtol: float, max_nfe: int = 100000) -> dict:
+    """Options of :func:`~.adaptive.sample_adaptive` for a reference solve: Dormand–Prince 5(4) with
+    per-sample error control at ``rtol``, ``atol = rtol/10``."""
+    return dict(method="dopri5", rtol=rtol, atol=rtol / 10, error_norm="per_sample", max_nfe=max_nfe)
+
+
 def pilot_reference(model, x, sigma_max, sigma_min=None, extra_args=None, rtol=1e-5, data_end_sigma=None,
                     max_nfe=100000, stats=None) -> torch.Tensor:
-    """The probability-flow endpoint from ``x`` at ``sigma_max``: adaptive Dormand–Prince 5(4) with
-    per-sample error control at ``rtol`` (``atol = rtol/10``) down to ``sigma_min`` (VE/EPS models, whose
-    schedules end ``σ_min → 0``; None for flow models), then to σ = 0 as every sampler ends."""
-    end = [0.0] if sigma_min is None else [float(sigma_min), 0.0]
-    sigmas = torch.tensor([float(sigma_max), *end], dtype=torch.float64)
-    return sample_adaptive(model, x, sigmas, extra_args=extra_args, disable=True, method="dopri5", rtol=rtol,
-                           atol=rtol / 10, error_norm="per_sample", max_nfe=max_nfe, data_end_sigma=data_end_sigma,
-                           stats=stats)
+    """The probability-flow endpoint from ``x`` at ``sigma_max``: :func:`reference_options` on
+    :func:`reference_sigmas` (down to ``sigma_min`` for VE/EPS models, then to σ = 0 as every sampler ends)."""
+    return sample_adaptive(model, x, reference_sigmas(sigma_max, sigma_min), extra_args=extra_args, disable=True,
+                           data_end_sigma=data_end_sigma, stats=stats, **reference_options(rtol, max_nfe))
