@@ -47,6 +47,9 @@ FLOWSCOPE_VARIANTS = {
     "fs_abm3": ("sample_multistep_pc", {"order": 3, "prediction": "velocity"}),
     "fs_exp_abm3": ("sample_multistep_pc", {"order": 3, "prediction": "data"}),
 }
+# Fitted Solver node configurations (prediction, order, history): fitted on the pilot noise per σ grid.
+FITTED_SOLVERS = {"fs_fitted": ("data", 3, 8), "fs_fitted_v": ("velocity", 3, 8)}
+FITTED_SCHEDULERS = ("simple", "sgm_uniform", "beta", "karras", "exponential")
 ADAPTIVE_STEP_COST = {"fs_bosh3": 4, "fs_dopri5": 7}  # NFE of the first embedded step (FSAL afterwards)
 
 
@@ -189,6 +192,9 @@ def contenders(mode: str):
              + [TRAJECTORY_ADAPTIVE]]
     optimized = OPTIMIZED_SAMPLERS[:1] if quick else OPTIMIZED_SAMPLERS
     rows += [("FlowScope", s, OPTIMIZED) for s in optimized if s in fs_samplers]
+    fitted = list(FITTED_SOLVERS)[:1] if quick else list(FITTED_SOLVERS)
+    rows += [("FlowScope", s, sch) for s in fitted
+             for sch in (("simple", "karras") if quick else FITTED_SCHEDULERS + (OPTIMIZED,))]
     return rows
 
 
@@ -242,6 +248,27 @@ def optimized_grid(pilot, sampler_name, factory, steps, schedulers, evaluations,
     return cache[key]
 
 
+def fitted_sampler(pilot, sigmas, configuration):
+    """The Fitted Solver node's SAMPLER for ``sigmas``, fitted on the pilot noise (reference rtol 1e-6)."""
+    from ComfyUI_FlowScope import samplers as core
+    from ComfyUI_FlowScope.nodes.comfy_sampling import is_flow_model
+    from ComfyUI_FlowScope.nodes.sampler_nodes import make_sampler, solver_fitter
+
+    model_sampling = pilot.problem.model_sampling
+    sigma_min = None if is_flow_model(model_sampling) else float(model_sampling.sigma_min)
+    result = {}
+    prediction, order, history = configuration
+    pilot.problem.run(solver_fitter(result, prediction, order, history, 1e-6, sigma_min), sigmas.clone())
+    return make_sampler(core.sample_fitted, solver=result["solver"]), result["solver"]
+
+
+def best_optimized_grid(optimized_grids, steps):
+    """The optimized grid with the lowest pilot error among those fitted for ``steps`` steps, or None."""
+    candidates = [(result["error"], sigmas) for (_, grid_steps), (sigmas, _, result) in optimized_grids.items()
+                  if grid_steps == steps]
+    return min(candidates, key=lambda c: c[0])[1] if candidates else None
+
+
 def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
     quick = mode == "quick"
     boot()
@@ -268,6 +295,22 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
         grids, nfe_models, optimized_grids = {}, {}, {}
         pilot = None
         for family, sampler_name, scheduler in contenders(mode):
+            if sampler_name in FITTED_SOLVERS:
+                if pilot is None:
+                    pilot = Pilot(problem_name, model_name, cfg, batch, 1e-6)
+                for budget in budgets:  # 1 NFE per step: steps = budget
+                    sigmas = (best_optimized_grid(optimized_grids, budget) if scheduler == OPTIMIZED
+                              else problem.sigmas(scheduler, budget))
+                    if sigmas is None:
+                        continue
+                    sampler, solver = fitted_sampler(pilot, sigmas, FITTED_SOLVERS[sampler_name])
+                    samples, nfe = problem.run(sampler, sigmas.clone())
+                    log(f"  {sampler_name}/{scheduler}@{budget}: pilot error {solver.info['base_error']:.2e} → "
+                        f"{solver.info['error']:.2e}")
+                    results.append({"problem": problem_name, "family": family, "sampler": sampler_name,
+                                    "scheduler": scheduler, "budget": budget, "nfe": nfe, "steps": budget,
+                                    **metrics(problem, labeler, samples, reference, reference_modes)})
+                continue
             order = sampler_info.get(sampler_name, {}).get("order", 1) if family == "FlowScope" else 1
             if sampler_name in ADAPTIVE_STEP_COST:
                 method = sampler_name.removeprefix("fs_")
@@ -382,9 +425,10 @@ def report(results, references, command, mode) -> tuple[str, dict]:
             builtin, ours = best.get(("analytic", budget, "built-in")), best.get(("analytic", budget, "FlowScope"))
             if builtin and ours:
                 lines.append(f"| {budget} | {builtin['loglik_shift']:+.3f} | {ours['loglik_shift']:+.3f} |")
-    plain = best_rows([row for row in results if row.get("scheduler") not in (TRAJECTORY_ADAPTIVE, OPTIMIZED)])
-    lines += ["", "Without the pilot-based schedules (no trajectory-adaptive, no optimized schedule): the best "
-              "FlowScope sampler on a plain schedule, against the same built-in best:", "",
+    plain = best_rows([row for row in results if row.get("scheduler") not in (TRAJECTORY_ADAPTIVE, OPTIMIZED)
+                       and row.get("sampler") not in FITTED_SOLVERS])
+    lines += ["", "Without the pilot-based methods (no trajectory-adaptive or optimized schedule, no fitted solver): "
+              "the best FlowScope sampler on a plain schedule, against the same built-in best:", "",
               "| problem | NFE | best FlowScope (sampler / schedule) | error | flips | ratio |", "|---|---|---|---|---|---|"]
     for problem in problems:
         for budget in budgets:
@@ -403,7 +447,11 @@ def report(results, references, command, mode) -> tuple[str, dict]:
               f"`{OPTIMIZED}` is the Optimized Schedule node: fitted on pilot noise of seed {PILOT_SEED} (the table "
               f"measures seed 0) from the pilot's best dropdown schedule, {OPTIMIZER_EVALUATIONS[mode]} pilot runs "
               "of the sampler plus one reference solve, once per model, sampler and step count; not counted in the "
-              "budget."]
+              "budget.",
+              "`fs_fitted` / `fs_fitted_v` are the Fitted Solver node (base update data / velocity, order 3, history "
+              f"8) fitted on the same pilot noise (seed {PILOT_SEED}) for each σ grid: one reference solve with "
+              f"states at every grid σ plus 2 × steps model calls, not counted in the budget; on `{OPTIMIZED}` it "
+              "uses the optimized grid with the lowest pilot error for that step count."]
     return "\n".join(lines) + "\n", summary
 
 

@@ -2,11 +2,14 @@
 samplers/ function (so it plugs into SamplerCustom / SamplerCustomAdvanced and the recorder)."""
 from __future__ import annotations
 
+import logging
+
 import comfy.samplers
 
 from .. import samplers as core
+from ..samplers import fitted_solver
 from .comfy_io import io
-from .comfy_sampling import comfy_sampler_function
+from .comfy_sampling import comfy_sampler_function, is_flow_model, sample_like_custom_advanced
 
 FIXED_STEP_METHODS = ["euler", "heun", "midpoint", "ralston", "rk3", "rk4", "rk38"]
 CATEGORY = "FlowScope/samplers"
@@ -178,5 +181,74 @@ class StochasticSampler(io.ComfyNode):
         return io.NodeOutput(make_sampler(core.sample_ddim, eta=eta, s_noise=s_noise))
 
 
+class FittedSolverSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlowScopeFittedSolver", display_name="FlowScope · Fitted Solver", category=CATEGORY,
+            description="Fits a 1-NFE-per-step multistep solver to YOUR model, guider and SIGMAS (Bespoke "
+                        "Non-Stationary-style): a tight reference solve from the pilot noise, then per-step "
+                        "least-squares coefficients on the model-output history that keep the solver on the "
+                        "reference trajectory. The SAMPLER only runs on these SIGMAS (same steps); never worse "
+                        "than its base update on the pilot. Costs the reference (hundreds to thousands of model "
+                        "calls) plus 2 × steps once — reuse the SAMPLER for every seed.",
+            inputs=[io.Noise.Input("noise", tooltip="Pilot noise; a seed other than the final run's generalizes."),
+                    io.Guider.Input("guider"),
+                    io.Sigmas.Input("sigmas", tooltip="The schedule the solver will sample (any scheduler; must "
+                                                      "end in 0)."),
+                    io.Latent.Input("latent_image"),
+                    io.Combo.Input("prediction", options=list(core.PREDICTIONS), default="data",
+                                   tooltip="Base update: data = exponential multistep on the denoised prediction "
+                                           "in log σ (DPM-Solver++-type); velocity = Adams–Bashforth in σ."),
+                    io.Int.Input("order", default=3, min=1, max=4, tooltip="Points of the base update."),
+                    io.Int.Input("history", default=8, min=1, max=8,
+                                 tooltip="Model outputs each step's correction may combine (1 + history "
+                                         "coefficients per step)."),
+                    io.Float.Input("reference_rtol", default=1e-5, min=1e-9, max=1e-2, step=1e-6,
+                                   tooltip="Relative tolerance of the reference solve (Dormand–Prince 5(4)).")],
+            outputs=[io.Sampler.Output(), io.String.Output(display_name="report")])
+
+    @classmethod
+    def execute(cls, noise, guider, sigmas, latent_image, prediction, order, history,
+                reference_rtol) -> io.NodeOutput:
+        who = "FlowScope · Fitted Solver"
+        core.validate_sigmas(sigmas, f"{who}, input 'sigmas'")
+        if float(sigmas[-1]) != 0:
+            raise ValueError(f"{who}, input 'sigmas': the schedule must end in 0 (got {float(sigmas[-1]):g}); "
+                             f"fit a full schedule")
+        model_sampling = guider.model_patcher.get_model_object("model_sampling")
+        sigma_min = None if is_flow_model(model_sampling) else float(model_sampling.sigma_min)
+        result = {}
+        planner = solver_fitter(result, prediction, order, history, reference_rtol, sigma_min)
+        try:
+            sample_like_custom_advanced(guider, planner, sigmas.cpu(), latent_image, noise)
+        except ValueError as error:
+            raise ValueError(f"{who}: {error}") from error
+        solver = result["solver"]
+        report = (f"{len(sigmas) - 1} steps, {prediction} base of order {order}, history {history}: pilot endpoint "
+                  f"RMS error: base {solver.info['base_error']:.3e} → fitted {solver.info['error']:.3e}"
+                  f"{' (fit not better: base kept)' if solver.info['fallback'] else ''}; reference "
+                  f"{result['reference_nfe']} NFE")
+        logging.info("%s: %s", who, report)
+        return io.NodeOutput(make_sampler(core.sample_fitted, solver=solver), report)
+
+
+def solver_fitter(result: dict, prediction: str, order: int, history: int, reference_rtol: float, sigma_min=None):
+    """A SAMPLER that only fits: run through ``guider.sample`` on the target sigmas it receives the scaled pilot
+    latent and the real guided model, computes the reference trajectory, stores the :class:`FittedSolver` in
+    ``result["solver"]`` (reference NFE in ``result["reference_nfe"]``) and returns the latent unchanged."""
+
+    def fit(model, x, sigmas, extra_args=None, callback=None, disable=None, data_end_sigma=None):
+        stats = {}
+        targets = fitted_solver.reference_trajectory(model, x, sigmas, extra_args, rtol=reference_rtol,
+                                                     sigma_min=sigma_min, data_end_sigma=data_end_sigma, stats=stats)
+        result["solver"] = fitted_solver.fit_solver(model, x, sigmas, targets, extra_args, prediction, order,
+                                                    history, data_end_sigma, disable=disable)
+        result["reference_nfe"] = stats.get("nfe")
+        return x
+
+    return comfy.samplers.KSAMPLER(comfy_sampler_function(fit))
+
+
 NODES = [RungeKuttaSampler, AdaptiveSampler, MultistepSampler, PredictorCorrectorSampler, OptimizerSampler, LangevinSampler,
-         StochasticSampler]
+         StochasticSampler, FittedSolverSampler]

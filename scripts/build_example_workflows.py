@@ -129,6 +129,35 @@ def optimized_schedule(object_info) -> dict:
     return build_ui_workflow(nodes, object_info)
 
 
+def fitted_solver(object_info) -> dict:
+    """Fit an 8-step solver to digits-diffusion / karras on pilot noise (seed 1), then sample seed 42 with it and
+    with fs_exp_abm on the same sigmas."""
+    chain = recorded_chain(1, 0, "digits-diffusion", "7", "fs_exp_abm", "karras", "", seed=42, steps=8)
+    nodes = [node for node in chain if node["id"] != 9]  # model 1, conds 2–3, guider 4, sampler 5, sigmas 6,
+    nodes += [                                          # noise 7 (final run), latent 8
+        {"id": 10, "type": "RandomNoise", "pos": [40, 520], "widgets": {"noise_seed": 1}, "title": "pilot noise"},
+        {"id": 11, "type": "FlowScopeFittedSolver", "pos": [660, 0], "size": [340, 260],
+         "widgets": {"prediction": "data", "order": 3, "history": 8, "reference_rtol": 1e-5},
+         "links": {"noise": (10, 0), "guider": (4, 0), "sigmas": (6, 0), "latent_image": (8, 0)}},
+        {"id": 12, "type": "PreviewAny", "pos": [1040, 0], "size": [420, 160], "links": {"source": (11, 1)},
+         "title": "pilot error: base → fitted"},
+        {"id": 13, "type": "SamplerCustomAdvanced", "pos": [1040, 200],
+         "links": {"noise": (7, 0), "guider": (4, 0), "sampler": (11, 0), "sigmas": (6, 0),
+                   "latent_image": (8, 0)}, "title": "fitted solver"},
+        {"id": 14, "type": "SamplerCustomAdvanced", "pos": [1040, 460],
+         "links": {"noise": (7, 0), "guider": (4, 0), "sampler": (5, 0), "sigmas": (6, 0),
+                   "latent_image": (8, 0)}, "title": "fs_exp_abm"},
+        {"id": 15, "type": "VAELoader", "pos": [1040, 720], "widgets": {"vae_name": "pixel_space"}},
+        {"id": 16, "type": "VAEDecode", "pos": [1380, 200], "links": {"samples": (13, 0), "vae": (15, 0)}},
+        {"id": 17, "type": "VAEDecode", "pos": [1380, 460], "links": {"samples": (14, 0), "vae": (15, 0)}},
+        {"id": 18, "type": "SaveImage", "pos": [1640, 200], "widgets": {"filename_prefix": "flowscope_fitted"},
+         "links": {"images": (16, 0)}},
+        {"id": 19, "type": "SaveImage", "pos": [1640, 460], "widgets": {"filename_prefix": "flowscope_exp_abm"},
+         "links": {"images": (17, 0)}},
+    ]
+    return build_ui_workflow(nodes, object_info)
+
+
 def main():
     with ComfyServer() as server:
         object_info = server.get("/object_info")
@@ -138,7 +167,8 @@ def main():
     workflows = {"flowscope_digits_demo.json": build_ui_workflow(nodes, object_info),
                  "flowscope_flow_vs_diffusion.json": flow_vs_diffusion(object_info),
                  "flowscope_which_sampler.json": which_sampler(object_info),
-                 "flowscope_optimized_schedule.json": optimized_schedule(object_info)}
+                 "flowscope_optimized_schedule.json": optimized_schedule(object_info),
+                 "flowscope_fitted_solver.json": fitted_solver(object_info)}
     for name, workflow in workflows.items():
         out = ROOT / "example_workflows" / name
         out.write_text(json.dumps(workflow, indent=1) + "\n")

@@ -63,3 +63,22 @@ def test_optimized_schedule_example_fits_the_pilot_and_samples_both_schedules(co
         assert len(images) == 4
         pixels = images_to_latent_scale(images)
         assert digit_classifier.accuracy(pixels, torch.full((4,), 5)) >= 0.75, node
+
+
+def test_fitted_solver_example_fits_on_the_pilot_and_samples_digits(comfy, object_info, digit_classifier):
+    import re
+
+    import torch
+
+    from tests.integration.prompts import images_to_latent_scale
+
+    prompt, history = run_workflow(comfy, object_info, "flowscope_fitted_solver.json")
+    report = history["outputs"]["12"]["text"][0]
+    errors = re.search(r"base ([0-9.e+-]+) → fitted ([0-9.e+-]+)", report)
+    assert errors and float(errors.group(2)) < float(errors.group(1)), report
+    assert "8 steps" in report
+    for node in ("18", "19"):
+        images = comfy.output_images(history, node)
+        assert len(images) == 4
+        pixels = images_to_latent_scale(images)
+        assert digit_classifier.accuracy(pixels, torch.full((4,), 7)) >= 0.75, node

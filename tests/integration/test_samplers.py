@@ -176,6 +176,49 @@ def test_optimized_schedule_rejects_a_schedule_without_the_zero_end(comfy):
     assert comfy.alive()
 
 
+def fitted_solver_prompt(model_name, scheduler, prediction, prefix, steps=6):
+    """SamplerCustomAdvanced whose SAMPLER is the Fitted Solver node, fitted on pilot noise seed 3 for the same
+    SIGMAS the image (seed 0) is sampled with; node 18 previews the report."""
+    prompt = custom_sampler_prompt(model_name, SAMPLER_NODES["abm"], digit=str(DIGIT), steps=steps,
+                                   scheduler=scheduler, prefix=prefix)
+    del prompt["10"]
+    prompt["15"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}}
+    prompt["16"] = {"class_type": "FlowScopeFittedSolver", "inputs": {
+        "noise": ["15", 0], "guider": ["12", 0], "sigmas": ["11", 0], "latent_image": ["4", 0],
+        "prediction": prediction, "order": 3, "history": 4, "reference_rtol": 1e-4}}
+    prompt["5"]["inputs"]["sampler"] = ["16", 0]
+    prompt["18"] = {"class_type": "PreviewAny", "inputs": {"source": ["16", 1]}}
+    return prompt
+
+
+@pytest.mark.parametrize("model_name,scheduler,prediction", [("digits-flow", "simple", "velocity"),
+                                                             ("digits-diffusion", "karras", "data")])
+def test_fitted_solver_fits_on_the_pilot_and_makes_digits(comfy, digit_classifier, model_name, scheduler,
+                                                          prediction):
+    """The Fitted Solver node on the real server: fitted on pilot noise seed 3, used for the seed-0 image on the
+    same 6-step SIGMAS; the report's fitted pilot error is below the base update's."""
+    history = comfy.run(fitted_solver_prompt(model_name, scheduler, prediction, prefix=f"fitted_{model_name}"))
+    report = history["outputs"]["18"]["text"][0]
+    errors = re.search(r"base ([0-9.e+-]+) → fitted ([0-9.e+-]+)", report)
+    assert errors and "6 steps" in report and "reference" in report, report
+    base_error, error = float(errors.group(1)), float(errors.group(2))
+    assert 0 < error < base_error, report
+    pixels = images_to_latent_scale(comfy.output_images(history, "8"))
+    assert digit_classifier.accuracy(pixels, torch.full((2,), DIGIT)) >= 0.5
+
+
+def test_fitted_solver_on_other_sigmas_gives_a_clear_error_and_the_server_stays_up(comfy):
+    prompt = fitted_solver_prompt("digits-flow", "simple", "data", prefix="fitted_mismatch")
+    prompt["19"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "simple", "steps": 7,
+                                                               "denoise": 1.0}}
+    prompt["5"]["inputs"]["sigmas"] = ["19", 0]
+    with pytest.raises(PromptFailed) as failure:
+        comfy.run(prompt)
+    message = error_messages(failure.value.history)[0]["exception_message"]
+    assert "Fitted Solver" in message and "fitted for the 6-step grid" in message and "7 steps" in message, message
+    assert comfy.alive()
+
+
 def test_increasing_sigmas_give_a_clear_error_and_the_server_stays_up(comfy):
     prompt = custom_sampler_prompt("digits-flow", SAMPLER_NODES["rk4"], prefix="flipped")
     prompt["15"] = {"class_type": "FlipSigmas", "inputs": {"sigmas": ["11", 0]}}

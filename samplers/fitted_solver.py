@@ -1,0 +1,234 @@
+"""Fitted multistep solvers: per-step linear coefficients fitted to a reference trajectory (1 NFE per step).
+
+For a fixed σ grid every 1-NFE-per-step solver that is linear in the model outputs computes its next point in
+``span{x_n, D_n, D_{n−1}, …}`` — Adams–Bashforth, DPM-Solver++(2M), UniPC's predictor and iPNDM differ only in
+the coefficients. Bespoke Non-Stationary solvers (Shaul et al. 2024, "Bespoke Non-Stationary Solvers for Fast
+Sampling of Diffusion and Flow Models", arXiv:2403.01329) learn such coefficients per step for one model and
+step count by gradient descent; here they are fitted the cheap way, by linear least squares, one step at a time:
+
+1. a reference solve (tight Dormand–Prince) from pilot noise gives the exact states ``R_n`` at every σ_n of the
+   grid (:func:`reference_trajectory`);
+2. the solver runs on the same pilot noise. At step n it has its own state ``x_n`` and the model outputs
+   ``D_n, D_{n−1}, …``; the base update ``b_n`` (:func:`base_update`) is corrected by the features
+   ``f = [x_n − D_n, D_n, D_n − D_{n−1}, D_{n−1} − D_{n−2}, …]`` with the scalar coefficients ``c_n`` that
+   minimize ``‖b_n + Σ_k c_{n,k} f_k − R_{n+1}‖²`` over the whole pilot batch (columns normalized, a small ridge
+   for conditioning);
+3. the solver moves to ``x_{n+1} = b_n + Σ_k c_{n,k} f_k`` — its own state, not the reference's, so later steps
+   learn to correct what earlier steps leave (no teacher forcing).
+
+The fit costs one reference solve plus ``2N`` batched model calls (the fit and the base run it is compared to);
+a :class:`FittedSolver` applies only to the σ grid it was fitted on (checked when sampling). Its coefficients
+are a few scalars per step, so a pilot batch of a few latents generalizes to other seeds (tested); a fit whose
+pilot endpoint error is not below the base update's falls back to the base (all ``c = 0``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .adaptive import sample_adaptive
+from .common import (ModelDerivative, check_choice, progress_range, report, validate_data_end_sigma,
+                     validate_latent, validate_sigmas)
+from .multistep import interpolation_weights, polynomial_moments
+from .predictor_corrector import PREDICTIONS, _apply, exponential_moments
+from .schedule_optimization import reference_options
+
+WHO = "fs_fitted (FlowScope · Fitted Solver)"
+
+
+@dataclass
+class FittedSolver:
+    """Per-step coefficients of a fitted solver for one σ grid (see the module docstring).
+
+    ``coefficients[n]`` multiplies step n's features ``[x_n − D_n, D_n, D_n − D_{n−1}, …]`` (as many as the
+    history allows, at most ``history + 1``); ``denoise_end`` is the σ = 0 end it was fitted with (the
+    "take the denoised" last step of VE/EPS models, or a velocity step for flow models); ``info`` holds the
+    pilot errors of the fit.
+    """
+    sigmas: tuple
+    prediction: str = "data"
+    order: int = 2
+    history: int = 3
+    denoise_end: bool = True
+    coefficients: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def check_grid(self, grid, who: str = WHO) -> None:
+        same = len(grid) == len(self.sigmas) and all(
+            math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6) for a, b in zip(grid, self.sigmas))
+        if not same:
+            shown = ", ".join(f"{s:.4g}" for s in self.sigmas)
+            raise ValueError(f"{who}: this solver was fitted for the {len(self.sigmas) - 1}-step grid [{shown}] and "
+                             f"cannot sample another one ({len(grid) - 1} steps from σ = {grid[0]:.4g}); give it the "
+                             f"SIGMAS it was fitted with, or fit it again")
+
+
+class _History:
+    """Newest-first σ, D and velocity history with the base update and the fit features of one step."""
+
+    def __init__(self, prediction: str, order: int, history: int, denoise_end: bool):
+        self.prediction, self.order, self.history, self.denoise_end = prediction, order, history, denoise_end
+        self.keep = max(order, history)
+        self.sigmas, self.denoised, self.velocities = [], [], []
+
+    def push(self, sigma: float, evaluation) -> None:
+        for values, value in ((self.sigmas, sigma), (self.denoised, evaluation.denoised),
+                              (self.velocities, evaluation.derivative)):
+            values.insert(0, value)
+            del values[self.keep:]
+
+    def base_update(self, x, sigma_next: float):
+        """The unfitted step (float64 weights): the ``order``-point exponential data-prediction multistep
+        predictor in λ = −log σ (``prediction="data"``, DPM-Solver++ multistep with exact Lagrange weights) or
+        Adams–Bashforth in σ on the velocity (``"velocity"``). The step to σ = 0 is ``x ← D_n`` with
+        ``denoise_end`` (VE/EPS models), else Adams–Bashforth on the velocities (flow models)."""
+        sigma = self.sigmas[0]
+        if sigma_next == 0 and self.denoise_end:
+            return self.denoised[0]
+        points = min(self.order, len(self.sigmas))
+        if self.prediction == "velocity" or sigma_next == 0:
+            nodes = [s - sigma for s in self.sigmas[:points]]
+            weights = interpolation_weights(nodes, polynomial_moments(sigma_next - sigma, points))
+            return _apply(x, 1.0, weights, self.velocities[:points])
+        nodes = [math.log(sigma / s) for s in self.sigmas[:points]]
+        weights = interpolation_weights(nodes, exponential_moments(math.log(sigma / sigma_next), points))
+        return _apply(x, sigma_next / sigma, weights, self.denoised[:points])
+
+    def features(self, x) -> list:
+        count = min(self.history, len(self.denoised))
+        newest = self.denoised[0]
+        return [x - newest, newest] + [self.denoised[k] - self.denoised[k + 1] for k in range(count - 1)]
+
+
+RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+
+def _ridge_solution(gram, rhs, ridge):
+    """Ridge solution on normalized columns (float64); a zero feature gets coefficient 0."""
+    scale = gram.diagonal().sqrt()
+    usable = scale > 0
+    scale = torch.where(usable, scale, torch.ones_like(scale))
+    eye = torch.eye(len(gram), dtype=torch.float64, device=gram.device)
+    normalized = gram / torch.outer(scale, scale) + ridge * eye + torch.diag((~usable).double())
+    solution = torch.linalg.solve(normalized, rhs / scale) / scale
+    return torch.where(usable, solution, torch.zeros_like(solution))
+
+
+def least_squares_coefficients(features, target, ridges=RIDGES) -> list[float]:
+    """``argmin_c ‖Σ_k c_k f_k − target‖² + λ·Σ_k (c_k ‖f_k‖)²`` over all entries, float64 normal equations.
+
+    λ is chosen from ``ridges`` by two-fold cross-validation (even/odd batch samples; the two halves of each
+    latent for a batch of one): the coefficients are shared by every future sample, so they are regularized
+    as much as held-out pilot data asks for. A single ``ridges`` entry skips the validation.
+    """
+    batch = target.shape[0]
+    rows = torch.stack([f.reshape(batch, -1) for f in features]).double()  # [p, B, M]
+    target = target.reshape(batch, -1).double()
+    if batch >= 2:
+        folds = [(rows[:, 0::2], target[0::2]), (rows[:, 1::2], target[1::2])]
+    else:
+        half = target.shape[1] // 2
+        folds = [(rows[:, :, :half], target[:, :half]), (rows[:, :, half:], target[:, half:])]
+    moments = [(torch.einsum("pbm,qbm->pq", r, r), torch.einsum("pbm,bm->p", r, t), t.pow(2).sum())
+               for r, t in folds]
+    gram, rhs = moments[0][0] + moments[1][0], moments[0][1] + moments[1][1]
+    if len(ridges) == 1:
+        return _ridge_solution(gram, rhs, ridges[0]).tolist()
+
+    def validation_error(ridge):
+        total = 0.0
+        for fit, check in ((0, 1), (1, 0)):
+            c = _ridge_solution(moments[fit][0], moments[fit][1], ridge)
+            g, b, tt = moments[check]
+            total += float(tt - 2 * b @ c + c @ g @ c)
+        return total
+
+    best = min(ridges, key=validation_error)
+    return _ridge_solution(gram, rhs, best).tolist()
+
+
+def _run(model, x, grid, sigmas, extra_args, callback, disable, solver: FittedSolver, targets=None):
+    """Sample with ``solver``'s coefficients, or (``targets`` given) fit them step by step into ``solver``."""
+    derivative = ModelDerivative(model, x, sigmas, extra_args, None)
+    history = _History(solver.prediction, solver.order, solver.history, solver.denoise_end)
+    if targets is not None:
+        solver.coefficients = []
+    for i in progress_range(len(grid) - 1, disable=disable):
+        evaluation = derivative(x, grid[i])
+        report(callback, x, i, sigmas[i], evaluation.denoised)
+        history.push(grid[i], evaluation)
+        base = history.base_update(x, grid[i + 1])
+        features = history.features(x)
+        if targets is not None:
+            solver.coefficients.append(least_squares_coefficients(features, targets[i] - base))
+        x = _apply(base, 1.0, solver.coefficients[i], features)
+    return x
+
+
+def sample_fitted(model, x, sigmas, extra_args=None, callback=None, disable=None, solver=None):
+    """Sample with a :class:`FittedSolver` on the σ grid it was fitted for (1 NFE per step)."""
+    if not isinstance(solver, FittedSolver):
+        raise ValueError(f"{WHO}: needs a fitted solver (the FlowScope · Fitted Solver node makes one), "
+                         f"got {type(solver).__name__}")
+    grid = validate_sigmas(sigmas, WHO)
+    validate_latent(x, WHO)
+    solver.check_grid(grid)
+    return _run(model, x, grid, sigmas, extra_args, callback, disable, solver)
+
+
+def reference_trajectory(model, x, sigmas, extra_args=None, rtol=1e-5, sigma_min=None, data_end_sigma=None,
+                         max_nfe=100000, stats=None) -> list:
+    """Reference states at ``sigmas[1:]`` from ``x`` at ``sigmas[0]`` (the grid must end in 0): tight
+    Dormand–Prince (:func:`~.schedule_optimization.reference_options`) with dense output at the grid points.
+    Without ``data_end_sigma`` (VE/EPS models) the solve continues below the grid's last positive σ down to
+    ``sigma_min`` before the final denoised step, as the benchmark's reference endpoint does."""
+    grid = validate_sigmas(sigmas, "reference_trajectory")
+    if grid[-1] != 0:
+        raise ValueError(f"reference_trajectory: the grid must end in 0, got {grid[-1]}")
+    solve_grid = list(grid)
+    if data_end_sigma is None and sigma_min is not None and 0 < float(sigma_min) < grid[-2]:
+        solve_grid.insert(-1, float(sigma_min))
+    states = {}
+
+    def keep(payload):
+        states[payload["i"]] = payload["x"].clone()
+
+    end = sample_adaptive(model, x, torch.tensor(solve_grid, dtype=torch.float64), extra_args=extra_args,
+                          callback=keep, disable=True, data_end_sigma=data_end_sigma, stats=stats,
+                          **reference_options(rtol, max_nfe))
+    return [states[i] for i in range(1, len(grid) - 1)] + [end]
+
+
+def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", order=2, history=3,
+               data_end_sigma=None, disable=None) -> FittedSolver:
+    """Fit a :class:`FittedSolver` for ``sigmas`` (ending in 0) on the pilot latent ``x`` (already scaled to
+    σ_0, as a sampler receives it) against ``targets`` = the reference states at ``sigmas[1:]``
+    (:func:`reference_trajectory`). ``prediction``/``order``: the base update; ``history``: model outputs
+    per feature list (1–8). ``info`` gets ``base_error``, ``error`` (pilot endpoint RMS) and ``fallback``."""
+    who = "fit_solver"
+    check_choice(prediction, PREDICTIONS, who, "prediction")
+    if order not in (1, 2, 3, 4):
+        raise ValueError(f"{who}: order = {order!r} must be 1, 2, 3 or 4")
+    if history not in range(1, 9):
+        raise ValueError(f"{who}: history = {history!r} must be between 1 and 8")
+    grid = validate_sigmas(sigmas, who)
+    validate_latent(x, who)
+    if grid[-1] != 0:
+        raise ValueError(f"{who}: the grid must end in 0 (got {grid[-1]:g}); fit a full schedule")
+    if len(targets) != len(grid) - 1 or any(t.shape != x.shape for t in targets):
+        raise ValueError(f"{who}: need {len(grid) - 1} reference states shaped like x, got {len(targets)}")
+    data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
+    solver = FittedSolver(tuple(grid), prediction, order, history, denoise_end=data_end_sigma is None)
+    fitted_end = _run(model, x, grid, sigmas, extra_args, None, disable, solver, targets=targets)
+    base = FittedSolver(tuple(grid), prediction, order, history, solver.denoise_end,
+                        [[0.0] * len(c) for c in solver.coefficients])
+    base_end = _run(model, x, grid, sigmas, extra_args, None, disable, base)
+    error = float((fitted_end - targets[-1]).double().pow(2).mean().sqrt())
+    base_error = float((base_end - targets[-1]).double().pow(2).mean().sqrt())
+    fallback = not error < base_error
+    if fallback:
+        solver.coefficients = base.coefficients
+    solver.info = {"base_error": base_error, "error": min(error, base_error), "fallback": fallback}
+    return solver

@@ -1,0 +1,120 @@
+"""Fitted multistep solvers: the least-squares step, the unfitted base against the predictor it reuses, the grid
+check, and a fit on pilot noise that generalizes to held-out noise on the exact mixture."""
+import pytest
+import torch
+
+from tests.unit.analytic_problems import DATA_END_SIGMA, denoiser_of, make_mixture, rms, uniform
+from samplers.fitted_solver import (FittedSolver, fit_solver, least_squares_coefficients, reference_trajectory,
+                                    sample_fitted)
+from samplers.predictor_corrector import sample_multistep_pc
+from samplers.schedule_optimization import pilot_reference
+from samplers.schedules import karras_sigmas
+
+
+def noise(seed, n, dim=6):
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_least_squares_recovers_known_coefficients_and_ignores_a_zero_feature():
+    features = [noise(1, 32), noise(2, 32), torch.zeros(32, 6, dtype=torch.float64), noise(3, 32)]
+    target = 0.7 * features[0] - 2.5 * features[1] + 0.125 * features[3]
+    assert least_squares_coefficients(features, target, ridges=(0.0,)) == pytest.approx([0.7, -2.5, 0.0, 0.125],
+                                                                                        abs=1e-10)
+    assert least_squares_coefficients(features, target) == pytest.approx([0.7, -2.5, 0.0, 0.125], abs=1e-4)
+
+
+def test_cross_validation_shrinks_coefficients_fitted_to_noise():
+    """A target unrelated to the features: the held-out half prefers the strongest ridge (coefficients → 0)."""
+    features, target = [noise(4, 32, 3), noise(5, 32, 3)], noise(6, 32, 3)
+    plain = least_squares_coefficients(features, target, ridges=(0.0,))
+    validated = least_squares_coefficients(features, target)
+    assert sum(abs(c) for c in validated) < 0.05 * sum(abs(c) for c in plain), (validated, plain)
+    # a batch of one is split into the two halves of the latent instead
+    single = least_squares_coefficients([f[:1] for f in features], 2.0 * features[0][:1] + features[1][:1])
+    assert single == pytest.approx([2.0, 1.0], abs=1e-3)
+
+
+@pytest.mark.parametrize("prediction", ["data", "velocity"])
+@pytest.mark.parametrize("flow", [True, False], ids=["flow-end", "denoised-end"])
+def test_zero_coefficients_are_the_plain_multistep_predictor(problem, prediction, flow):
+    """Unfitted, the solver is exactly fs_abm / fs_exp_abm without the corrector (same order, same σ = 0 end)."""
+    grid = uniform(10)
+    solver = FittedSolver(tuple(grid.tolist()), prediction, order=3, history=4, denoise_end=not flow,
+                          coefficients=[[0.0] * (2 + min(i, 3)) for i in range(10)])
+    ours = sample_fitted(problem.model, problem.noise, grid, disable=True, solver=solver)
+    theirs = sample_multistep_pc(problem.model, problem.noise, grid, disable=True, order=3, prediction=prediction,
+                                 corrector=False, data_end_sigma=DATA_END_SIGMA if flow else None)
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-12)
+
+
+def test_reference_trajectory_ends_at_the_pilot_reference(problem):
+    grid = uniform(6)
+    states = reference_trajectory(problem.model, problem.noise, grid, rtol=1e-10, data_end_sigma=DATA_END_SIGMA)
+    assert len(states) == 6 and all(s.shape == problem.noise.shape for s in states)
+    assert rms(states[-1], problem.reference) < 1e-8
+    # an intermediate state continued exactly to 0 lands on the same endpoint
+    tail = pilot_reference(problem.model, states[2], float(grid[3]), rtol=1e-10, data_end_sigma=DATA_END_SIGMA)
+    assert rms(tail, problem.reference) < 1e-6
+
+
+def fit_and_measure(model, prediction, steps=6, pilot_seed=21, held_out_seed=22):
+    """Fit on 32 pilot samples, return per-sample held-out RMS errors (base predictor, fitted) on 256 samples."""
+    grid = uniform(steps)
+    pilot, held_out = noise(pilot_seed, 32), noise(held_out_seed, 256)
+    targets = reference_trajectory(model, pilot, grid, rtol=1e-9, data_end_sigma=DATA_END_SIGMA)
+    solver = fit_solver(model, pilot, grid, targets, prediction=prediction, order=2, history=4,
+                        data_end_sigma=DATA_END_SIGMA, disable=True)
+    assert not solver.info["fallback"] and solver.info["error"] < 0.5 * solver.info["base_error"]
+    assert rms(sample_fitted(model, pilot, grid, disable=True, solver=solver),
+               targets[-1]) == pytest.approx(solver.info["error"], rel=1e-9)
+    truth = pilot_reference(model, held_out, 1.0, rtol=1e-9, data_end_sigma=DATA_END_SIGMA)
+    base = FittedSolver(solver.sigmas, prediction, 2, 4, False, [[0.0] * len(c) for c in solver.coefficients])
+    return [(sample_fitted(model, held_out, grid, disable=True, solver=s) - truth).pow(2).mean(1).sqrt()
+            for s in (base, solver)]
+
+
+@pytest.mark.parametrize("prediction", ["data", "velocity"])
+def test_fit_on_pilot_noise_generalizes_to_held_out_noise(prediction):
+    """Two overlapping components (a smooth flow), 6 steps. Measured at the time of writing (data / velocity):
+    held-out RMS error 5.4e-2 / 2.5e-2 with the base predictor → 1.0e-3 / 9.6e-4 fitted."""
+    base, fitted = fit_and_measure(denoiser_of(make_mixture(stds=(0.5, 0.6), spread=0.5)), prediction)
+    assert fitted.pow(2).mean().sqrt() < 0.1 * base.pow(2).mean().sqrt(), (fitted, base)
+
+
+@pytest.mark.parametrize("prediction", ["data", "velocity"])
+def test_fit_on_separated_modes_improves_the_typical_sample(problem, prediction):
+    """Three well-separated components, 6 steps: the median and the 90th percentile of the per-sample error
+    improve 2–5× (measured: data 7.7e-2 → 1.5e-2 and 0.11 → 2.6e-2; velocity 2.9e-2 → 1.1e-2 and 4.5e-2 →
+    2.1e-2). The RMS does not (0.081 → 0.099, 0.034 → 0.097): it is dominated by one of 256 held-out samples
+    that lies so close to the boundary between two modes that the fitted solver's smaller error still moves it
+    to the other mode — coefficients shared by all samples cannot know about it (README: multimodal caveat)."""
+    base, fitted = fit_and_measure(problem.model, prediction)
+    assert fitted.median() < 0.5 * base.median() and fitted.quantile(0.9) < 0.5 * base.quantile(0.9)
+    assert (fitted > 0.3).sum() <= 2  # at most a couple of mode changes out of 256
+
+
+def test_a_fit_that_cannot_beat_the_base_keeps_the_base(problem):
+    """Targets = the base predictor's own trajectory: nothing to gain, so the base (c = 0) is kept."""
+    grid = karras_sigmas(5, sigma_max=1.0, sigma_min=0.02, dtype=torch.float64)
+    base = FittedSolver(tuple(grid.tolist()), "data", 2, 3, True, [[0.0] * (2 + min(i, 2)) for i in range(5)])
+    states = []
+    end = sample_fitted(problem.model, problem.noise, grid, disable=True, solver=base,
+                        callback=lambda payload: states.append(payload["x"]))
+    solver = fit_solver(problem.model, problem.noise, grid, states[1:] + [end], order=2, history=3, disable=True)
+    assert solver.info["fallback"] and solver.info["base_error"] == 0
+    assert all(c == 0 for step in solver.coefficients for c in step)
+
+
+def test_the_solver_only_samples_its_own_grid_and_options_are_checked(problem):
+    solver = FittedSolver(tuple(uniform(4).tolist()), coefficients=[[0.0, 0.0]] * 4)
+    with pytest.raises(ValueError, match="fitted for the 4-step grid"):
+        sample_fitted(problem.model, problem.noise, uniform(5), solver=solver)
+    with pytest.raises(ValueError, match="needs a fitted solver"):
+        sample_fitted(problem.model, problem.noise, uniform(4))
+    targets = [problem.noise] * 4
+    with pytest.raises(ValueError, match="history"):
+        fit_solver(problem.model, problem.noise, uniform(4), targets, history=0)
+    with pytest.raises(ValueError, match="end in 0"):
+        fit_solver(problem.model, problem.noise, torch.tensor([1.0, 0.5, 0.2, 0.1, 0.05]), targets)
+    with pytest.raises(ValueError, match="reference states"):
+        fit_solver(problem.model, problem.noise, uniform(4), targets[:3])
