@@ -79,27 +79,40 @@ class _History:
             values.insert(0, value)
             del values[self.keep:]
 
-    def base_update(self, x, sigma_next: float):
-        """The unfitted step (float64 weights): the ``order``-point exponential data-prediction multistep
-        predictor in λ = −log σ (``prediction="data"``, DPM-Solver++ multistep with exact Lagrange weights) or
-        Adams–Bashforth in σ on the velocity (``"velocity"``). The step to σ = 0 is ``x ← D_n`` with
-        ``denoise_end`` (VE/EPS models), else Adams–Bashforth on the velocities (flow models)."""
+    def base_terms(self, sigma_next: float) -> tuple[float, list]:
+        """The unfitted step as ``(weight of x_n, [(weight, tensor), …])`` (float64 weights): the ``order``-point
+        exponential data-prediction multistep predictor in λ = −log σ (``prediction="data"``, DPM-Solver++
+        multistep with exact Lagrange weights) or Adams–Bashforth in σ on the velocity (``"velocity"``). The step
+        to σ = 0 is ``x ← D_n`` with ``denoise_end`` (VE/EPS models), else Adams–Bashforth on the velocities
+        (flow models)."""
         sigma = self.sigmas[0]
         if sigma_next == 0 and self.denoise_end:
-            return self.denoised[0]
+            return 0.0, [(1.0, self.denoised[0])]
         points = min(self.order, len(self.sigmas))
         if self.prediction == "velocity" or sigma_next == 0:
             nodes = [s - sigma for s in self.sigmas[:points]]
             weights = interpolation_weights(nodes, polynomial_moments(sigma_next - sigma, points))
-            return _apply(x, 1.0, weights, self.velocities[:points])
+            return 1.0, list(zip(weights, self.velocities[:points]))
         nodes = [math.log(sigma / s) for s in self.sigmas[:points]]
         weights = interpolation_weights(nodes, exponential_moments(math.log(sigma / sigma_next), points))
-        return _apply(x, sigma_next / sigma, weights, self.denoised[:points])
+        return sigma_next / sigma, list(zip(weights, self.denoised[:points]))
 
     def features(self, x) -> list:
+        """``[x_n − D_n, D_n, D_n − D_{n−1}, …]``: the fit's columns (``history + 1`` at most)."""
         count = min(self.history, len(self.denoised))
         newest = self.denoised[0]
         return [x - newest, newest] + [self.denoised[k] - self.denoised[k + 1] for k in range(count - 1)]
+
+    def step(self, x, sigma_next: float, coefficients):
+        """Base update plus ``Σ_k c_k f_k``, expanded over ``x_n`` and the D's so that no feature tensor is built:
+        ``f_0 = x − D_0`` and ``f_{k+2} = D_k − D_{k+1}`` give x weight ``c_0``, D_0 weight ``c_1 − c_0 + c_2`` and
+        D_j weight ``c_{j+2} − c_{j+1}`` (one fused multiply-add per term)."""
+        x_weight, terms = self.base_terms(sigma_next)
+        c = list(coefficients) + [0.0, 0.0]
+        x_weight += c[0]
+        denoised_weights = [c[1] - c[0] + c[2]] + [c[j + 2] - c[j + 1] for j in range(1, len(coefficients) - 1)]
+        terms += [(w, d) for w, d in zip(denoised_weights, self.denoised) if w != 0.0]
+        return _apply(x, x_weight, *zip(*terms))
 
 
 RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -159,11 +172,11 @@ def _run(model, x, grid, sigmas, extra_args, callback, disable, solver: FittedSo
         evaluation = derivative(x, grid[i])
         report(callback, x, i, sigmas[i], evaluation.denoised)
         history.push(grid[i], evaluation)
-        base = history.base_update(x, grid[i + 1])
-        features = history.features(x)
         if targets is not None:
-            solver.coefficients.append(least_squares_coefficients(features, targets[i] - base))
-        x = _apply(base, 1.0, solver.coefficients[i], features)
+            x_weight, terms = history.base_terms(grid[i + 1])
+            base = _apply(x, x_weight, *zip(*terms))
+            solver.coefficients.append(least_squares_coefficients(history.features(x), targets[i] - base))
+        x = history.step(x, grid[i + 1], solver.coefficients[i])
     return x
 
 
