@@ -9,10 +9,10 @@ step count by gradient descent; here they are fitted the cheap way, by linear le
 1. a reference solve (tight Dormand–Prince) from pilot noise gives the exact states ``R_n`` at every σ_n of the
    grid (:func:`reference_trajectory`);
 2. the solver runs on the same pilot noise. At step n it has its own state ``x_n`` and the model outputs
-   ``D_n, D_{n−1}, …``; the base update ``b_n`` (:func:`base_update`) is corrected by the features
-   ``f = [x_n − D_n, D_n, D_n − D_{n−1}, D_{n−1} − D_{n−2}, …]`` with the scalar coefficients ``c_n`` that
-   minimize ``‖b_n + Σ_k c_{n,k} f_k − R_{n+1}‖²`` over the whole pilot batch (columns normalized, a small ridge
-   for conditioning);
+   ``D_n, D_{n−1}, …``; the base update ``b_n`` (a multistep predictor, ``_History.base_terms``) is corrected
+   by the features ``f = [x_n − D_n, D_n, D_n − D_{n−1}, D_{n−1} − D_{n−2}, …]`` with the scalar coefficients
+   ``c_n`` that minimize ``‖b_n + Σ_k c_{n,k} f_k − R_{n+1}‖²`` over the whole pilot batch (normalized columns,
+   a ridge chosen by two-fold cross-validation, :func:`least_squares_coefficients`);
 3. the solver moves to ``x_{n+1} = b_n + Σ_k c_{n,k} f_k`` — its own state, not the reference's, so later steps
    learn to correct what earlier steps leave (no teacher forcing).
 
