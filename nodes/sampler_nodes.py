@@ -205,12 +205,20 @@ class FittedSolverSampler(io.ComfyNode):
                                  tooltip="Model outputs each step's correction may combine (1 + history "
                                          "coefficients per step)."),
                     io.Float.Input("reference_rtol", default=1e-5, min=1e-9, max=1e-2, step=1e-6,
-                                   tooltip="Relative tolerance of the reference solve (Dormand–Prince 5(4)).")],
-            outputs=[io.Sampler.Output(), io.String.Output(display_name="report")])
+                                   tooltip="Relative tolerance of the reference solve (Dormand–Prince 5(4))."),
+                    io.Boolean.Input("optimize_schedule", default=False, optional=True,
+                                     tooltip="Also warp the sigmas (as the Optimized Schedule node) for the lowest "
+                                             "error of the solver fitted on them; then sample with the SIGMAS "
+                                             "output."),
+                    io.Int.Input("max_evaluations", default=60, min=1, max=5000, optional=True,
+                                 tooltip="optimize_schedule: candidate grids (each costs one fit, steps model "
+                                         "calls).")],
+            outputs=[io.Sampler.Output(), io.String.Output(display_name="report"),
+                     io.Sigmas.Output(display_name="sigmas")])
 
     @classmethod
-    def execute(cls, noise, guider, sigmas, latent_image, prediction, order, history,
-                reference_rtol) -> io.NodeOutput:
+    def execute(cls, noise, guider, sigmas, latent_image, prediction, order, history, reference_rtol,
+                optimize_schedule=False, max_evaluations=60) -> io.NodeOutput:
         who = "FlowScope · Fitted Solver"
         core.validate_sigmas(sigmas, f"{who}, input 'sigmas'")
         if float(sigmas[-1]) != 0:
@@ -219,7 +227,8 @@ class FittedSolverSampler(io.ComfyNode):
         model_sampling = guider.model_patcher.get_model_object("model_sampling")
         sigma_min = None if is_flow_model(model_sampling) else float(model_sampling.sigma_min)
         result = {}
-        planner = solver_fitter(result, prediction, order, history, reference_rtol, sigma_min)
+        planner = solver_fitter(result, prediction, order, history, reference_rtol, sigma_min,
+                                max_evaluations if optimize_schedule else 0)
         try:
             sample_like_custom_advanced(guider, planner, sigmas.cpu(), latent_image, noise)
         except ValueError as error:
@@ -229,21 +238,40 @@ class FittedSolverSampler(io.ComfyNode):
                   f"RMS error: base {solver.info['base_error']:.3e} → fitted {solver.info['error']:.3e}"
                   f"{' (fit not better: base kept)' if solver.info['fallback'] else ''}; reference "
                   f"{result['reference_nfe']} NFE")
+        if optimize_schedule:
+            search = result["schedule_search"]
+            report += (f"; schedule optimized for the fitted solver: input sigmas {search['base_error']:.3e} → "
+                       f"{search['error']:.3e} ({search['evaluations']} fits) — sample with this node's SIGMAS")
         logging.info("%s: %s", who, report)
-        return io.NodeOutput(make_sampler(core.sample_fitted, solver=solver), report)
+        fitted_sigmas = result["sigmas"].detach().cpu().to(sigmas.dtype)
+        return io.NodeOutput(make_sampler(core.sample_fitted, solver=solver), report, fitted_sigmas)
 
 
-def solver_fitter(result: dict, prediction: str, order: int, history: int, reference_rtol: float, sigma_min=None):
+def solver_fitter(result: dict, prediction: str, order: int, history: int, reference_rtol: float, sigma_min=None,
+                  schedule_evaluations: int = 0):
     """A SAMPLER that only fits: run through ``guider.sample`` on the target sigmas it receives the scaled pilot
     latent and the real guided model, computes the reference trajectory, stores the :class:`FittedSolver` in
-    ``result["solver"]`` (reference NFE in ``result["reference_nfe"]``) and returns the latent unchanged."""
+    ``result["solver"]`` and its grid in ``result["sigmas"]`` (reference NFE in ``result["reference_nfe"]``)
+    and returns the latent unchanged. ``schedule_evaluations`` > 0 also warps the grid
+    (:func:`~..samplers.fitted_solver.optimize_fitted`; its search statistics in ``result["schedule_search"]``)."""
 
     def fit(model, x, sigmas, extra_args=None, callback=None, disable=None, data_end_sigma=None):
         stats = {}
-        targets = fitted_solver.reference_trajectory(model, x, sigmas, extra_args, rtol=reference_rtol,
-                                                     sigma_min=sigma_min, data_end_sigma=data_end_sigma, stats=stats)
-        result["solver"] = fitted_solver.fit_solver(model, x, sigmas, targets, extra_args, prediction, order,
-                                                    history, data_end_sigma, disable=disable)
+        if schedule_evaluations > 0:
+            reference = fitted_solver.dense_reference(model, x, float(sigmas[0]), sigma_min, extra_args,
+                                                      rtol=reference_rtol, data_end_sigma=data_end_sigma, stats=stats)
+            search = {}
+            result["sigmas"], result["solver"] = fitted_solver.optimize_fitted(
+                model, x, sigmas, reference, extra_args, prediction, order, history, data_end_sigma,
+                max_evaluations=schedule_evaluations, info=search)
+            result["schedule_search"] = search
+        else:
+            targets = fitted_solver.reference_trajectory(model, x, sigmas, extra_args, rtol=reference_rtol,
+                                                         sigma_min=sigma_min, data_end_sigma=data_end_sigma,
+                                                         stats=stats)
+            result["solver"] = fitted_solver.fit_solver(model, x, sigmas, targets, extra_args, prediction, order,
+                                                        history, data_end_sigma, disable=disable)
+            result["sigmas"] = sigmas
         result["reference_nfe"] = stats.get("nfe")
         return x
 

@@ -215,11 +215,12 @@ def reference_trajectory(model, x, sigmas, extra_args=None, rtol=1e-5, sigma_min
 
 
 def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", order=2, history=3,
-               data_end_sigma=None, disable=None) -> FittedSolver:
+               data_end_sigma=None, disable=None, compare_base=True) -> FittedSolver:
     """Fit a :class:`FittedSolver` for ``sigmas`` (ending in 0) on the pilot latent ``x`` (already scaled to
     σ_0, as a sampler receives it) against ``targets`` = the reference states at ``sigmas[1:]``
     (:func:`reference_trajectory`). ``prediction``/``order``: the base update; ``history``: model outputs
-    per feature list (1–8). ``info`` gets ``base_error``, ``error`` (pilot endpoint RMS) and ``fallback``."""
+    per feature list (1–8). ``info`` gets ``base_error``, ``error`` (pilot endpoint RMS) and ``fallback``;
+    ``compare_base=False`` skips the base run (N model calls; ``info`` then only has ``error``)."""
     who = "fit_solver"
     check_choice(prediction, PREDICTIONS, who, "prediction")
     if order not in (1, 2, 3, 4):
@@ -235,13 +236,82 @@ def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", or
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
     solver = FittedSolver(tuple(grid), prediction, order, history, denoise_end=data_end_sigma is None)
     fitted_end = _run(model, x, grid, sigmas, extra_args, None, disable, solver, targets=targets)
+    error = float((fitted_end - targets[-1]).double().pow(2).mean().sqrt())
+    if not compare_base:
+        solver.info = {"error": error}
+        return solver
     base = FittedSolver(tuple(grid), prediction, order, history, solver.denoise_end,
                         [[0.0] * len(c) for c in solver.coefficients])
     base_end = _run(model, x, grid, sigmas, extra_args, None, disable, base)
-    error = float((fitted_end - targets[-1]).double().pow(2).mean().sqrt())
     base_error = float((base_end - targets[-1]).double().pow(2).mean().sqrt())
     fallback = not error < base_error
     if fallback:
         solver.coefficients = base.coefficients
     solver.info = {"base_error": base_error, "error": min(error, base_error), "fallback": fallback}
     return solver
+
+
+class DenseReference:
+    """Reference states at many σ (descending, ending in 0 = the endpoint), interpolated in between by the cubic
+    Lagrange polynomial in σ through the four nearest nodes: the targets of any grid inside the range without
+    a new reference solve (what :func:`optimize_fitted` needs for every candidate grid)."""
+
+    def __init__(self, sigmas, states):
+        if len(sigmas) != len(states) or len(sigmas) < 4 or sigmas[-1] != 0:
+            raise ValueError("DenseReference: needs ≥ 4 σ nodes ending in 0 and one state per node")
+        self.sigmas, self.states = list(sigmas), list(states)
+
+    def state(self, sigma: float):
+        nodes = self.sigmas
+        j = next((i for i in range(len(nodes) - 1) if nodes[i + 1] < sigma), len(nodes) - 2)  # nodes[j] ≥ σ
+        if nodes[j] == sigma:
+            return self.states[j]
+        first = min(max(j - 1, 0), len(nodes) - 4)
+        points = range(first, first + 4)
+        total = None
+        for m in points:
+            weight = math.prod((sigma - nodes[k]) / (nodes[m] - nodes[k]) for k in points if k != m)
+            total = self.states[m] * weight if total is None else torch.add(total, self.states[m], alpha=weight)
+        return total
+
+    def targets(self, grid) -> list:
+        """States at ``grid[1:]`` (the last one, σ = 0, is the endpoint)."""
+        return [self.state(s) for s in grid[1:-1]] + [self.states[-1]]
+
+
+def dense_reference(model, x, sigma_max, sigma_min=None, extra_args=None, rtol=1e-5, data_end_sigma=None,
+                    points=256, max_nfe=100000, stats=None) -> DenseReference:
+    """One tight reference solve from ``x`` at ``sigma_max`` with its states at ``points`` σ nodes: log-uniform
+    down to ``sigma_min`` for VE/EPS models (then the denoised end), log-uniform down to σ_max/1000 merged with
+    uniform-in-σ down to 0 for flow models (``sigma_min=None``)."""
+    sigma_max = float(sigma_max)
+    if sigma_min is not None:
+        ratio = float(sigma_min) / sigma_max
+        nodes = [sigma_max * ratio ** (i / (points - 1)) for i in range(points)] + [0.0]
+    else:
+        half = max(points // 2, 4)
+        logarithmic = [sigma_max * 1e-3 ** (i / (half - 1)) for i in range(half)]
+        linear = [sigma_max * (1 - i / (half - 1)) for i in range(half)]
+        nodes = sorted(set(logarithmic + linear), reverse=True)
+    states = reference_trajectory(model, x, torch.tensor(nodes, dtype=torch.float64), extra_args, rtol=rtol,
+                                  sigma_min=sigma_min, data_end_sigma=data_end_sigma, max_nfe=max_nfe, stats=stats)
+    return DenseReference(nodes, [x] + states)
+
+
+def optimize_fitted(model, x, base_sigmas, reference: DenseReference, extra_args=None, prediction="data", order=2,
+                    history=3, data_end_sigma=None, knots=6, max_evaluations=60, info=None):
+    """Schedule and coefficients together: :func:`~.schedule_optimization.optimize_schedule` over monotone warps
+    of ``base_sigmas`` whose objective is the pilot endpoint error of the solver *fitted on each candidate
+    grid* (targets from ``reference``; N model calls per candidate). Returns ``(sigmas, solver)``, the solver
+    fitted on the best grid with the usual comparison to its base update; ``info`` gets the warp search's
+    ``base_error``, ``error``, ``evaluations``."""
+    from .schedule_optimization import optimize_schedule
+
+    def error_of(grid):
+        return fit_solver(model, x, grid, reference.targets(grid.tolist()), extra_args, prediction, order, history,
+                          data_end_sigma, disable=True, compare_base=False).info["error"]
+
+    sigmas = optimize_schedule(error_of, base_sigmas, knots=knots, max_evaluations=max_evaluations, info=info)
+    solver = fit_solver(model, x, sigmas, reference.targets(sigmas.tolist()), extra_args, prediction, order, history,
+                        data_end_sigma, disable=True)
+    return sigmas, solver

@@ -207,6 +207,22 @@ def test_fitted_solver_fits_on_the_pilot_and_makes_digits(comfy, digit_classifie
     assert digit_classifier.accuracy(pixels, torch.full((2,), DIGIT)) >= 0.5
 
 
+def test_fitted_solver_with_schedule_optimization_samples_its_own_sigmas(comfy, digit_classifier):
+    """optimize_schedule on: the node's SIGMAS output (a warped 6-step grid, same ends) drives the sampling."""
+    prompt = fitted_solver_prompt("digits-flow", "simple", "velocity", prefix="fitted_optimized")
+    prompt["16"]["inputs"].update(optimize_schedule=True, max_evaluations=8)
+    prompt["5"]["inputs"]["sigmas"] = ["16", 2]
+    prompt["17"] = {"class_type": "PreviewAny", "inputs": {"source": ["16", 2]}}
+    history = comfy.run(prompt)
+    report = history["outputs"]["18"]["text"][0]
+    search = re.search(r"input sigmas ([0-9.e+-]+) → ([0-9.e+-]+) \((\d+) fits\)", report)
+    assert search and float(search.group(2)) <= float(search.group(1)) and int(search.group(3)) <= 10, report
+    sigmas = parse_sigmas(history["outputs"]["17"]["text"][0])
+    assert len(sigmas) == 7 and sigmas[0] == pytest.approx(1.0) and sigmas[-1] == 0
+    pixels = images_to_latent_scale(comfy.output_images(history, "8"))
+    assert digit_classifier.accuracy(pixels, torch.full((2,), DIGIT)) >= 0.5
+
+
 def test_fitted_solver_on_other_sigmas_gives_a_clear_error_and_the_server_stays_up(comfy):
     prompt = fitted_solver_prompt("digits-flow", "simple", "data", prefix="fitted_mismatch")
     prompt["19"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "simple", "steps": 7,
