@@ -137,7 +137,8 @@ def fitted_solver(object_info) -> dict:
     nodes += [                                          # noise 7 (final run), latent 8
         {"id": 10, "type": "RandomNoise", "pos": [40, 520], "widgets": {"noise_seed": 1}, "title": "pilot noise"},
         {"id": 11, "type": "FlowScopeFittedSolver", "pos": [660, 0], "size": [340, 260],
-         "widgets": {"prediction": "data", "order": 3, "history": 8, "reference_rtol": 1e-5},
+         "widgets": {"prediction": "data", "order": 3, "history": 8, "reference_rtol": 1e-5,
+                     "optimize_schedule": False, "max_evaluations": 60},
          "links": {"noise": (10, 0), "guider": (4, 0), "sigmas": (6, 0), "latent_image": (8, 0)}},
         {"id": 12, "type": "PreviewAny", "pos": [1040, 0], "size": [420, 160], "links": {"source": (11, 1)},
          "title": "pilot error: base → fitted"},
