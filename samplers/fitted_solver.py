@@ -31,9 +31,8 @@ import torch
 from .adaptive import sample_adaptive
 from .common import (ModelDerivative, check_choice, progress_range, report, validate_data_end_sigma,
                      validate_latent, validate_sigmas)
-from .multistep import interpolation_weights, polynomial_moments
-from .predictor_corrector import PREDICTIONS, _apply, exponential_moments
-from .schedule_optimization import reference_options
+from .predictor_corrector import PREDICTIONS, _apply, multistep_weights
+from .schedule_optimization import optimize_schedule, reference_options
 
 WHO = "fs_fitted (FlowScope · Fitted Solver)"
 
@@ -89,13 +88,9 @@ class _History:
         if sigma_next == 0 and self.denoise_end:
             return 0.0, [(1.0, self.denoised[0])]
         points = min(self.order, len(self.sigmas))
-        if self.prediction == "velocity" or sigma_next == 0:
-            nodes = [s - sigma for s in self.sigmas[:points]]
-            weights = interpolation_weights(nodes, polynomial_moments(sigma_next - sigma, points))
-            return 1.0, list(zip(weights, self.velocities[:points]))
-        nodes = [math.log(sigma / s) for s in self.sigmas[:points]]
-        weights = interpolation_weights(nodes, exponential_moments(math.log(sigma / sigma_next), points))
-        return sigma_next / sigma, list(zip(weights, self.denoised[:points]))
+        decay, weights = multistep_weights(self.prediction, sigma, sigma_next, self.sigmas[:points])
+        outputs = self.velocities if self.prediction == "velocity" or sigma_next == 0 else self.denoised
+        return decay, list(zip(weights, outputs[:points]))
 
     def features(self, x) -> list:
         """``[x_n − D_n, D_n, D_n − D_{n−1}, …]``: the fit's columns (``history + 1`` at most)."""
@@ -305,8 +300,6 @@ def optimize_fitted(model, x, base_sigmas, reference: DenseReference, extra_args
     grid* (targets from ``reference``; N model calls per candidate). Returns ``(sigmas, solver)``, the solver
     fitted on the best grid with the usual comparison to its base update; ``info`` gets the warp search's
     ``base_error``, ``error``, ``evaluations``."""
-    from .schedule_optimization import optimize_schedule
-
     def error_of(grid):
         return fit_solver(model, x, grid, reference.targets(grid.tolist()), extra_args, prediction, order, history,
                           data_end_sigma, disable=True, compare_base=False).info["error"]

@@ -67,19 +67,16 @@ def _apply(x, decay, weights, values):
     return total
 
 
-class _Update:
-    """One multistep update ``x_{n+1} = decay · x_n + Σ w_m q_m`` on the history of σ's and outputs."""
-
-    def __init__(self, prediction: str):
-        self.prediction = prediction
-
-    def weights(self, sigma: float, sigma_next: float, node_sigmas) -> tuple[float, list[float]]:
-        if self.prediction == "velocity" or sigma_next == 0:
-            nodes = [s - sigma for s in node_sigmas]
-            return 1.0, interpolation_weights(nodes, polynomial_moments(sigma_next - sigma, len(nodes)))
-        nodes = [math.log(sigma / s) for s in node_sigmas]
-        h = math.log(sigma / sigma_next)
-        return sigma_next / sigma, interpolation_weights(nodes, exponential_moments(h, len(nodes)))
+def multistep_weights(prediction: str, sigma: float, sigma_next: float, node_sigmas) -> tuple[float, list[float]]:
+    """One multistep update ``x_{n+1} = decay · x_n + Σ w_m q_m`` from σ to σ_next on outputs at ``node_sigmas``:
+    ``(decay, weights)`` in float64. ``q`` = velocities (``prediction="velocity"``, and every step to σ = 0) with
+    σ-time Lagrange weights, else denoised predictions with the exponential weights in λ = −log σ."""
+    if prediction == "velocity" or sigma_next == 0:
+        nodes = [s - sigma for s in node_sigmas]
+        return 1.0, interpolation_weights(nodes, polynomial_moments(sigma_next - sigma, len(nodes)))
+    nodes = [math.log(sigma / s) for s in node_sigmas]
+    h = math.log(sigma / sigma_next)
+    return sigma_next / sigma, interpolation_weights(nodes, exponential_moments(h, len(nodes)))
 
 
 def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, order=2,
@@ -99,7 +96,6 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
     validate_latent(x, who)
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
     derivative = ModelDerivative(model, x, sigmas, extra_args, None)
-    update = _Update(prediction)
     history_sigmas, history_outputs, history_velocities = [], [], []  # newest first
 
     def remember(sigma, evaluation):
@@ -120,7 +116,7 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
         remember(sigma, evaluation)
         points = min(order, len(history_sigmas))
         outputs = history_velocities if sigma_next == 0 else history_outputs
-        decay, weights = update.weights(sigma, sigma_next, history_sigmas[:points])
+        decay, weights = multistep_weights(prediction, sigma, sigma_next, history_sigmas[:points])
         predicted = _apply(x, decay, weights, outputs[:points])
         if sigma_next == 0:
             x = predicted
@@ -131,7 +127,7 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
             continue
         corrector_sigmas = [sigma_next] + history_sigmas[:order]
         newest = evaluation.denoised if prediction == "data" else evaluation.derivative
-        decay, weights = update.weights(sigma, sigma_next, corrector_sigmas)
+        decay, weights = multistep_weights(prediction, sigma, sigma_next, corrector_sigmas)
         x = _apply(x, decay, weights, [newest] + history_outputs[:order])
         # PEC: the history keeps the output at the predicted point; x moves to the corrected one
     return x
