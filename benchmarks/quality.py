@@ -96,11 +96,10 @@ def adaptive_sampler(method: str, **options):
 
 def reference_solution(problem: Problem, rtol: float):
     """Tight fs_dopri5 from σ_max to the model's σ_min (then the same σ = 0 end as every contender)."""
-    from ComfyUI_FlowScope.nodes.comfy_sampling import is_flow_model
-
+    from ComfyUI_FlowScope.nodes.comfy_sampling import reference_sigma_min
     from ComfyUI_FlowScope.samplers.schedule_optimization import reference_options, reference_sigmas
 
-    sigma_min = None if is_flow_model(problem.model_sampling) else float(problem.model_sampling.sigma_min)
+    sigma_min = reference_sigma_min(problem.model_sampling)
     sigmas = reference_sigmas(float(problem.model_sampling.sigma_max), sigma_min).float()
     solution, nfe = problem.run(flowscope_sampler("sample_adaptive", **reference_options(rtol, 200000)), sigmas)
     check, _ = problem.run(flowscope_sampler("sample_adaptive", **reference_options(rtol / 10, 200000)), sigmas)
@@ -251,14 +250,11 @@ def optimized_grid(pilot, sampler_name, factory, steps, schedulers, evaluations,
 def fitted_sampler(pilot, sigmas, configuration):
     """The Fitted Solver node's SAMPLER for ``sigmas``, fitted on the pilot noise (reference rtol 1e-6)."""
     from ComfyUI_FlowScope import samplers as core
-    from ComfyUI_FlowScope.nodes.comfy_sampling import is_flow_model
     from ComfyUI_FlowScope.nodes.sampler_nodes import make_sampler, solver_fitter
 
-    model_sampling = pilot.problem.model_sampling
-    sigma_min = None if is_flow_model(model_sampling) else float(model_sampling.sigma_min)
     result = {}
     prediction, order, history = configuration
-    pilot.problem.run(solver_fitter(result, prediction, order, history, 1e-6, sigma_min), sigmas.clone())
+    pilot.problem.run(solver_fitter(result, prediction, order, history, 1e-6), sigmas.clone())
     return make_sampler(core.sample_fitted, solver=result["solver"]), result["solver"]
 
 

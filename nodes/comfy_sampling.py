@@ -13,6 +13,8 @@ import inspect
 import comfy.model_sampling
 import comfy.sample
 
+from ..samplers.common import validate_sigmas
+
 # Flow models: stages that land on σ = 0 are evaluated at this σ (velocity is finite there, (x − D)/σ is not).
 FLOW_DATA_END_SIGMA = 1e-4
 
@@ -32,6 +34,19 @@ def find_model_sampling(model):
 
 def is_flow_model(model_sampling) -> bool:
     return isinstance(model_sampling, comfy.model_sampling.CONST)
+
+
+def reference_sigma_min(model_sampling):
+    """Where a reference solve stops before its σ = 0 step: the model's σ_min for VE/EPS models (they are not
+    defined below it), None for flow models (integrated down to 0)."""
+    return None if is_flow_model(model_sampling) else float(model_sampling.sigma_min)
+
+
+def require_full_schedule(sigmas, who: str, advice: str) -> None:
+    """``ValueError`` naming ``who`` and its input 'sigmas' unless it is a valid grid ending in 0."""
+    validate_sigmas(sigmas, f"{who}, input 'sigmas'")
+    if float(sigmas[-1]) != 0:
+        raise ValueError(f"{who}, input 'sigmas': the schedule must end in 0 (got {float(sigmas[-1]):g}); {advice}")
 
 
 def model_dependent_options(model) -> dict:

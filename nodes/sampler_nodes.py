@@ -9,7 +9,8 @@ import comfy.samplers
 from .. import samplers as core
 from ..samplers import fitted_solver
 from .comfy_io import io
-from .comfy_sampling import comfy_sampler_function, is_flow_model, sample_like_custom_advanced
+from .comfy_sampling import (comfy_sampler_function, find_model_sampling, reference_sigma_min, require_full_schedule,
+                             sample_like_custom_advanced)
 
 FIXED_STEP_METHODS = ["euler", "heun", "midpoint", "ralston", "rk3", "rk4", "rk38"]
 CATEGORY = "FlowScope/samplers"
@@ -220,14 +221,9 @@ class FittedSolverSampler(io.ComfyNode):
     def execute(cls, noise, guider, sigmas, latent_image, prediction, order, history, reference_rtol,
                 optimize_schedule=False, max_evaluations=60) -> io.NodeOutput:
         who = "FlowScope · Fitted Solver"
-        core.validate_sigmas(sigmas, f"{who}, input 'sigmas'")
-        if float(sigmas[-1]) != 0:
-            raise ValueError(f"{who}, input 'sigmas': the schedule must end in 0 (got {float(sigmas[-1]):g}); "
-                             f"fit a full schedule")
-        model_sampling = guider.model_patcher.get_model_object("model_sampling")
-        sigma_min = None if is_flow_model(model_sampling) else float(model_sampling.sigma_min)
+        require_full_schedule(sigmas, who, "fit a full schedule")
         result = {}
-        planner = solver_fitter(result, prediction, order, history, reference_rtol, sigma_min,
+        planner = solver_fitter(result, prediction, order, history, reference_rtol,
                                 max_evaluations if optimize_schedule else 0)
         try:
             sample_like_custom_advanced(guider, planner, sigmas.cpu(), latent_image, noise)
@@ -247,7 +243,7 @@ class FittedSolverSampler(io.ComfyNode):
         return io.NodeOutput(make_sampler(core.sample_fitted, solver=solver), report, fitted_sigmas)
 
 
-def solver_fitter(result: dict, prediction: str, order: int, history: int, reference_rtol: float, sigma_min=None,
+def solver_fitter(result: dict, prediction: str, order: int, history: int, reference_rtol: float,
                   schedule_evaluations: int = 0):
     """A SAMPLER that only fits: run through ``guider.sample`` on the target sigmas it receives the scaled pilot
     latent and the real guided model, computes the reference trajectory, stores the :class:`FittedSolver` in
@@ -257,6 +253,7 @@ def solver_fitter(result: dict, prediction: str, order: int, history: int, refer
 
     def fit(model, x, sigmas, extra_args=None, callback=None, disable=None, data_end_sigma=None):
         stats = {}
+        sigma_min = reference_sigma_min(find_model_sampling(model))
         if schedule_evaluations > 0:
             reference = fitted_solver.dense_reference(model, x, float(sigmas[0]), sigma_min, extra_args,
                                                       rtol=reference_rtol, data_end_sigma=data_end_sigma, stats=stats)

@@ -11,8 +11,8 @@ import torch
 from .. import samplers as core
 from ..samplers import schedule_optimization, schedules
 from .comfy_io import io
-from .comfy_sampling import (FLOW_DATA_END_SIGMA, comfy_sampler_function, is_flow_model,
-                             sample_like_custom_advanced)
+from .comfy_sampling import (FLOW_DATA_END_SIGMA, comfy_sampler_function, is_flow_model, reference_sigma_min,
+                             require_full_schedule, sample_like_custom_advanced)
 
 CATEGORY = "FlowScope/schedulers"
 NODE_SCHEDULES = ["uniform", "sd3_shift", "flux_shift", "cosine", "linear_quadratic"]
@@ -157,10 +157,7 @@ class OptimizedSchedule(io.ComfyNode):
     def execute(cls, noise, guider, sampler, sigmas, latent_image, max_evaluations, knots,
                 reference_rtol) -> io.NodeOutput:
         who = "FlowScope · Optimized Schedule"
-        core.validate_sigmas(sigmas, f"{who}, input 'sigmas'")
-        if float(sigmas[-1]) != 0:
-            raise ValueError(f"{who}, input 'sigmas': the schedule must end in 0 (got {float(sigmas[-1]):g}); "
-                             f"optimize a full schedule, then split it")
+        require_full_schedule(sigmas, who, "optimize a full schedule, then split it")
         result = {}
         planner = ScheduleOptimizer(sampler, guider.model_patcher.get_model_object("model_sampling"),
                                     knots, max_evaluations, reference_rtol, result)
@@ -182,7 +179,7 @@ class ScheduleOptimizer(comfy.samplers.Sampler):
     def __init__(self, candidate, model_sampling, knots, max_evaluations, reference_rtol, result, reference=None):
         self.candidate, self.knots, self.max_evaluations = candidate, knots, max_evaluations
         self.reference_rtol, self.result = reference_rtol, result
-        self.sigma_min = None if is_flow_model(model_sampling) else float(model_sampling.sigma_min)
+        self.sigma_min = reference_sigma_min(model_sampling)
         self.reference = reference
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,

@@ -1,10 +1,13 @@
 """The diagnostics example workflows through the real server: flow vs diffusion, and which sampler."""
 import json
 import pathlib
+import re
 
 import pytest
+import torch
 
 from scripts.workflows import ui_to_api
+from tests.integration.prompts import images_to_latent_scale
 
 pytestmark = pytest.mark.integration
 WORKFLOWS = pathlib.Path(__file__).resolve().parents[2] / "example_workflows"
@@ -46,39 +49,26 @@ def test_which_sampler_reports_error_against_nfe(comfy, object_info):
     assert chart["x_log"] and chart["y_log"] and len(chart["series"]) == len(samplers)
 
 
-def test_optimized_schedule_example_fits_the_pilot_and_samples_both_schedules(comfy, object_info, digit_classifier):
-    import re
-
-    import torch
-
-    from tests.integration.prompts import images_to_latent_scale
-
-    prompt, history = run_workflow(comfy, object_info, "flowscope_optimized_schedule.json")
+def check_pilot_example(comfy, object_info, digit_classifier, name, improvement, digit):
+    """The two pilot-node examples share a layout: node 12 previews the report, whose ``improvement`` pattern
+    (before, after) must show a lower pilot error after; SaveImage 18 and 19 hold 4 images of ``digit`` each."""
+    prompt, history = run_workflow(comfy, object_info, name)
     report = history["outputs"]["12"]["text"][0]
-    errors = re.search(r"input sigmas ([0-9.e+-]+) → optimized ([0-9.e+-]+)", report)
+    errors = re.search(improvement, report)
     assert errors and float(errors.group(2)) < float(errors.group(1)), report
     assert "8 steps" in report
     for node in ("18", "19"):
         images = comfy.output_images(history, node)
         assert len(images) == 4
         pixels = images_to_latent_scale(images)
-        assert digit_classifier.accuracy(pixels, torch.full((4,), 5)) >= 0.75, node
+        assert digit_classifier.accuracy(pixels, torch.full((4,), digit)) >= 0.75, node
+
+
+def test_optimized_schedule_example_fits_the_pilot_and_samples_both_schedules(comfy, object_info, digit_classifier):
+    check_pilot_example(comfy, object_info, digit_classifier, "flowscope_optimized_schedule.json",
+                        r"input sigmas ([0-9.e+-]+) → optimized ([0-9.e+-]+)", digit=5)
 
 
 def test_fitted_solver_example_fits_on_the_pilot_and_samples_digits(comfy, object_info, digit_classifier):
-    import re
-
-    import torch
-
-    from tests.integration.prompts import images_to_latent_scale
-
-    prompt, history = run_workflow(comfy, object_info, "flowscope_fitted_solver.json")
-    report = history["outputs"]["12"]["text"][0]
-    errors = re.search(r"base ([0-9.e+-]+) → fitted ([0-9.e+-]+)", report)
-    assert errors and float(errors.group(2)) < float(errors.group(1)), report
-    assert "8 steps" in report
-    for node in ("18", "19"):
-        images = comfy.output_images(history, node)
-        assert len(images) == 4
-        pixels = images_to_latent_scale(images)
-        assert digit_classifier.accuracy(pixels, torch.full((4,), 7)) >= 0.75, node
+    check_pilot_example(comfy, object_info, digit_classifier, "flowscope_fitted_solver.json",
+                        r"base ([0-9.e+-]+) → fitted ([0-9.e+-]+)", digit=7)
