@@ -50,6 +50,10 @@ FLOWSCOPE_VARIANTS = {
 # Fitted Solver node configurations (prediction, order, history): fitted on the pilot noise per σ grid.
 FITTED_SOLVERS = {"fs_fitted": ("data", 3, 8), "fs_fitted_v": ("velocity", 3, 8)}
 FITTED_SCHEDULERS = ("simple", "sgm_uniform", "beta", "karras", "exponential")
+# The Fitted Solver node with optimize_schedule on: grid warp and coefficients searched together, started from
+# the grid whose fit had the lowest pilot error (only for fs_fitted: the velocity base gives the same results).
+FITTED_JOINT = "fs_fitted_schedule"
+JOINT_EVALUATIONS = {"quick": 6, "standard": 60, "full": 100}
 ADAPTIVE_STEP_COST = {"fs_bosh3": 4, "fs_dopri5": 7}  # NFE of the first embedded step (FSAL afterwards)
 
 
@@ -194,6 +198,7 @@ def contenders(mode: str):
     fitted = list(FITTED_SOLVERS)[:1] if quick else list(FITTED_SOLVERS)
     rows += [("FlowScope", s, sch) for s in fitted
              for sch in (("simple", "karras") if quick else FITTED_SCHEDULERS + (OPTIMIZED,))]
+    rows += [("FlowScope", "fs_fitted", FITTED_JOINT)]  # after the plain fits: it starts from their best grid
     return rows
 
 
@@ -247,15 +252,16 @@ def optimized_grid(pilot, sampler_name, factory, steps, schedulers, evaluations,
     return cache[key]
 
 
-def fitted_sampler(pilot, sigmas, configuration):
-    """The Fitted Solver node's SAMPLER for ``sigmas``, fitted on the pilot noise (reference rtol 1e-6)."""
+def fitted_sampler(pilot, sigmas, configuration, schedule_evaluations=0):
+    """The Fitted Solver node's SAMPLER for ``sigmas``, fitted on the pilot noise (reference rtol 1e-6), its SIGMAS
+    output (``sigmas`` itself unless ``schedule_evaluations`` > 0 warps them) and the node's result dict."""
     from ComfyUI_FlowScope import samplers as core
     from ComfyUI_FlowScope.nodes.sampler_nodes import make_sampler, solver_fitter
 
     result = {}
     prediction, order, history = configuration
-    pilot.problem.run(solver_fitter(result, prediction, order, history, 1e-6), sigmas.clone())
-    return make_sampler(core.sample_fitted, solver=result["solver"]), result["solver"]
+    pilot.problem.run(solver_fitter(result, prediction, order, history, 1e-6, schedule_evaluations), sigmas.clone())
+    return make_sampler(core.sample_fitted, solver=result["solver"]), result["sigmas"].float(), result
 
 
 def best_optimized_grid(optimized_grids, steps):
@@ -280,7 +286,8 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
         problem_specs = problem_specs[:2] + problem_specs[3:4]
     labeler = Labeler()
     results, references = [], {}
-    start_schedulers = sorted({sch for _, _, sch in contenders(mode) if sch not in (TRAJECTORY_ADAPTIVE, OPTIMIZED)})
+    start_schedulers = sorted({sch for _, _, sch in contenders(mode)
+                               if sch not in (TRAJECTORY_ADAPTIVE, OPTIMIZED, FITTED_JOINT)})
     for problem_name, model_name, cfg in problem_specs:
         problem = Problem(problem_name, model_name, cfg, batch)
         started = time.time()
@@ -289,20 +296,35 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
         references[problem_name] = {"nfe": reference_nfe, "accuracy": accuracy}
         log(f"[{problem_name}] reference: {reference_nfe} NFE, accuracy {accuracy:.2e}")
         grids, nfe_models, optimized_grids = {}, {}, {}
+        best_fits = {}  # (sampler, budget) → (pilot error, sigmas) of the best plain fit: the joint search's start
         pilot = None
         for family, sampler_name, scheduler in contenders(mode):
             if sampler_name in FITTED_SOLVERS:
                 if pilot is None:
                     pilot = Pilot(problem_name, model_name, cfg, batch, 1e-6)
                 for budget in budgets:  # 1 NFE per step: steps = budget
-                    sigmas = (best_optimized_grid(optimized_grids, budget) if scheduler == OPTIMIZED
-                              else problem.sigmas(scheduler, budget))
+                    if scheduler == FITTED_JOINT:
+                        sigmas = best_fits.get((sampler_name, budget), (None, None))[1]
+                    elif scheduler == OPTIMIZED:
+                        sigmas = best_optimized_grid(optimized_grids, budget)
+                    else:
+                        sigmas = problem.sigmas(scheduler, budget)
                     if sigmas is None:
                         continue
-                    sampler, solver = fitted_sampler(pilot, sigmas, FITTED_SOLVERS[sampler_name])
+                    evaluations = JOINT_EVALUATIONS[mode] if scheduler == FITTED_JOINT else 0
+                    sampler, sigmas, fit = fitted_sampler(pilot, sigmas, FITTED_SOLVERS[sampler_name], evaluations)
                     samples, nfe = problem.run(sampler, sigmas.clone())
-                    log(f"  {sampler_name}/{scheduler}@{budget}: pilot error {solver.info['base_error']:.2e} → "
-                        f"{solver.info['error']:.2e}")
+                    info = fit["solver"].info
+                    if scheduler == FITTED_JOINT:
+                        search = fit["schedule_search"]
+                        log(f"  {sampler_name}/{scheduler}@{budget}: pilot error {search['base_error']:.2e} → "
+                            f"{search['error']:.2e} ({search['evaluations']} fits)")
+                    else:
+                        log(f"  {sampler_name}/{scheduler}@{budget}: pilot error {info['base_error']:.2e} → "
+                            f"{info['error']:.2e}")
+                        key = (sampler_name, budget)
+                        if key not in best_fits or info["error"] < best_fits[key][0]:
+                            best_fits[key] = (info["error"], sigmas)
                     results.append({"problem": problem_name, "family": family, "sampler": sampler_name,
                                     "scheduler": scheduler, "budget": budget, "nfe": nfe, "steps": budget,
                                     **metrics(problem, labeler, samples, reference, reference_modes)})
@@ -447,7 +469,11 @@ def report(results, references, command, mode) -> tuple[str, dict]:
               "`fs_fitted` / `fs_fitted_v` are the Fitted Solver node (base update data / velocity, order 3, history "
               f"8) fitted on the same pilot noise (seed {PILOT_SEED}) for each σ grid: one reference solve with "
               f"states at every grid σ plus 2 × steps model calls, not counted in the budget; on `{OPTIMIZED}` it "
-              "uses the optimized grid with the lowest pilot error for that step count."]
+              "uses the optimized grid with the lowest pilot error for that step count. "
+              f"`fs_fitted / {FITTED_JOINT}` is the same node with `optimize_schedule` on: one reference solve stored "
+              f"at 256 σ, then {JOINT_EVALUATIONS[mode]} candidate warps of the grid whose plain fit had the lowest "
+              "pilot error, each fitted and scored on the pilot (N model calls per candidate); the table measures "
+              "the SIGMAS the node returns."]
     return "\n".join(lines) + "\n", summary
 
 
