@@ -172,10 +172,6 @@ class TrajectoryRecorder:
             flat = flat / (1 + sigma).reshape(-1, 1)
         return flat, self._t(sigma)
 
-    def _velocity(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
-        flat, t = self._flow_point(x, sigma)
-        return (flat - flatten_batch(denoised)) / t.reshape(-1, 1)
-
     # -- hooks ----------------------------------------------------------------------------------------
     def on_model_call(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
         sigma = sigma.reshape(-1).to(device=x.device, dtype=accumulation_dtype(x))
@@ -209,37 +205,43 @@ class TrajectoryRecorder:
         if i >= len(self.sigmas) - 1:
             return
         sigma = self._sigma_of_step(i, x, denoised).to(accumulation_dtype(x))
-        velocity = self._velocity(x, sigma, denoised)  # a new tensor: kept without a copy
+        point, t = self._owned_flow_point(x, sigma)
+        velocity = (point - flatten_batch(denoised)) / t.reshape(-1, 1)  # a new tensor: kept without a copy
         if self._step_velocity is not None:
             self.velocity_change_norm.append(_norm(velocity - self._step_velocity))
         self.step_velocity_norm.append(_norm(velocity))
         self._step_velocity = velocity
-        self._advance(x, sigma)
+        self._advance(point, t, sigma)
         self.current_step = i  # later calls belong to step i until the next callback claims its first call
 
-    def _advance(self, x: torch.Tensor, sigma: torch.Tensor) -> None:
-        point, t = self._flow_point(x, sigma)
-        point = point.detach()
+    def _owned_flow_point(self, x: torch.Tensor, sigma: torch.Tensor):
+        """(x_flow, t) with x_flow a tensor of its own (the sampler may later write into ``x`` in place)."""
+        point, t = self._flow_point(x.detach(), sigma)
+        return (point.clone() if self.flow else point), t  # the VE→flow division already made a new tensor
+
+    def _advance(self, point: torch.Tensor, t: torch.Tensor, sigma: torch.Tensor) -> None:
+        """Move the path to ``point`` (owned, never written to: kept without copies)."""
         if self._dim is None:
             self._batch, self._dim = point.shape
         if self._point is None:
-            self._start = point.clone()
+            self._start = point
         else:
             displacement = self._point - point
             self.segment_norm.append(_norm(displacement))
             if self._displacement is not None:
                 self.segment_dot.append(_dot(displacement, self._displacement))
             self._displacement = displacement
-        self._point = point.clone()
+        self._point = point
         self.point_sigma.append(sigma)
         if self.record_latents and len(self.latents) < self.max_latents:
-            self.latents.append((t, point.clone()))
+            self.latents.append((t, point))
 
     def finish(self, x_final: torch.Tensor, interrupted: bool = False) -> Trajectory:
         """Close the path at the sampler's output (σ = sigmas[−1]), copy everything to the host once and turn
         the raw norms and dots into the per-dimension statistics of :class:`Trajectory`."""
         if self._point is not None and not interrupted:
-            self._advance(x_final, self._grid(x_final)[-1])
+            sigma = self._grid(x_final)[-1]
+            self._advance(*self._owned_flow_point(x_final, sigma), sigma)
         batch = self._batch or x_final.shape[0]
         dim = self._dim or flatten_batch(x_final).shape[1]
         root_dim = math.sqrt(dim)

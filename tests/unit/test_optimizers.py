@@ -5,7 +5,7 @@ import torch
 
 from tests.unit.analytic_problems import alternating, measured_order, rms, uniform
 from samplers.multistep import adams_bashforth_weights
-from samplers.optimizers import sample_gradient_estimation, sample_heavy_ball, sample_nesterov, sample_secant
+from samplers.optimizers import _phi, sample_gradient_estimation, sample_heavy_ball, sample_nesterov, sample_secant
 from samplers.runge_kutta import sample_rk
 
 STEPS = [16, 32, 64, 128]
@@ -139,6 +139,25 @@ def test_secant_is_exact_for_a_linear_velocity_field(problem):
         for k in range(1, len(grid) - 1):
             expected = xs[k] * torch.exp(torch.tensor(lam * (grid[k + 1] - grid[k]), dtype=torch.float64))
             torch.testing.assert_close(xs[k + 1], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 2e-4), (torch.float64, 1e-9)])
+def test_phi_functions_match_their_definition(dtype, rtol):
+    """φ₁ = (e^z − 1)/z and φ₂ = (e^z − 1 − z)/z² (limits 1 and 1/2 at 0) across 0, both sides of the series
+    threshold and the clip range, against float64 evaluations of the definitions (mpmath-free: expm1 is exact
+    enough there). float32's bound is the cancellation of φ₁ − 1 just above the threshold."""
+    z = torch.tensor([-50.0, -2.0, -0.3, -1.1e-3, -1e-3, -9.9e-4, -1e-7, 0.0, 1e-12, 5e-4, 1e-3, 2e-3, 0.7, 2.0],
+                     dtype=dtype)
+    phi1, phi2 = _phi(z)
+    zd = z.double()
+    nonzero = zd != 0
+    safe = torch.where(nonzero, zd, torch.ones_like(zd))
+    expected1 = torch.where(nonzero, torch.expm1(safe) / safe, torch.ones_like(zd))
+    series2 = 0.5 + zd / 6 + zd * zd / 24
+    expected2 = torch.where(zd.abs() < 1e-2, series2, (torch.expm1(safe) - safe) / (safe * safe))
+    assert phi1.dtype == phi2.dtype == dtype
+    torch.testing.assert_close(phi1.double(), expected1, rtol=rtol, atol=0)
+    torch.testing.assert_close(phi2.double(), expected2, rtol=rtol, atol=0)
 
 
 def test_secant_without_curvature_is_ab2(problem):
