@@ -11,7 +11,7 @@ All samplers accept ``data_end_sigma`` (flow models: the σ at which σ = 0 stag
 from .adaptive import sample_adaptive, sample_fs_bosh3, sample_fs_dopri5
 from .common import validate_latent, validate_sigmas
 from .multistep import adams_bashforth_weights, sample_adams_bashforth, sample_fs_ab2, sample_fs_ab3, sample_fs_ab4
-from .fitted_solver import FittedSolver, fit_solver, reference_trajectory, sample_fitted
+from .fitted_solver import FittedSolver, fit_solver, reference_trajectory, refine_end_to_end, sample_fitted
 from .predictor_corrector import PREDICTIONS, sample_fs_abm, sample_fs_exp_abm, sample_multistep_pc
 from .optimizers import sample_gradient_estimation, sample_heavy_ball, sample_nesterov, sample_secant
 from .runge_kutta import (rk_step, sample_fs_euler, sample_fs_heun, sample_fs_midpoint, sample_fs_ralston,
@@ -88,6 +88,6 @@ __all__ = [
     "sample_multistep_pc", "sample_heavy_ball",
     "sample_nesterov", "sample_gradient_estimation", "sample_secant", "sample_ddim", "sample_flow_sde",
     "sample_langevin_pc", "trajectory_adaptive_sigmas", "optimize_schedule", "warp_schedule", "nelder_mead",
-    "pilot_reference", "validate_sigmas", "validate_latent", "FittedSolver", "fit_solver", "reference_trajectory",
+    "pilot_reference", "validate_sigmas", "validate_latent", "FittedSolver", "fit_solver", "reference_trajectory", "refine_end_to_end",
     "sample_fitted", "PREDICTIONS",
 ] + [f.__name__ for f in SAMPLERS.values() if f.__name__.startswith("sample_fs_")]

@@ -246,6 +246,83 @@ def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", or
     return solver
 
 
+def _endpoint_folds(residual):
+    """The two halves of an endpoint residual ``[B, …]`` as flat float64 vectors: even/odd samples, or the two
+    halves of the latent for a batch of one (the folds of :func:`least_squares_coefficients`)."""
+    flat = residual.double().reshape(residual.shape[0], -1)
+    if flat.shape[0] >= 2:
+        return flat[0::2].reshape(-1), flat[1::2].reshape(-1)
+    half = flat.shape[1] // 2
+    return flat[:, :half].reshape(-1), flat[:, half:].reshape(-1)
+
+
+def refine_end_to_end(model, x, sigmas, targets, solver: FittedSolver, extra_args=None, iterations=4,
+                      info=None) -> FittedSolver:
+    """Refine all coefficients of a fitted ``solver`` at once against the pilot *endpoint* — the end-to-end
+    objective Bespoke solvers train on (Shaul et al. 2024) — instead of step by step: Levenberg–Marquardt
+    (Marquardt 1963) with a forward-difference Jacobian, one pilot run per coefficient per iteration
+    (``P · steps`` model calls, P = the number of coefficients, ≈ 9 per step at history 8).
+
+    Overfitting guard, like the ridge's cross-validation: each step is computed on one half of the pilot
+    (even samples, or the first half of the latent for a batch of one) and kept only while the error on the
+    other half falls; the refinement stops at the first step that does not help the held-out half. ``info``
+    gets ``error_before``/``error`` (whole pilot), ``held_out_before``/``held_out`` and ``iterations`` (kept)."""
+    if iterations < 0:
+        raise ValueError(f"refine_end_to_end: iterations = {iterations} must be ≥ 0")
+    grid = validate_sigmas(sigmas, "refine_end_to_end")
+    solver.check_grid(grid, "refine_end_to_end")
+    lengths = [len(c) for c in solver.coefficients]
+
+    def unflatten(vector):
+        values, start = vector.tolist(), 0
+        out = []
+        for n in lengths:
+            out.append(values[start:start + n])
+            start += n
+        return out
+
+    def endpoint_residual(vector):
+        solver.coefficients = unflatten(vector)
+        return _run(model, x, grid, sigmas, extra_args, None, True, solver) - targets[-1]
+
+    def rms(flat):
+        return float(flat.pow(2).mean().sqrt())
+
+    coefficients = torch.tensor([v for c in solver.coefficients for v in c], dtype=torch.float64)
+    residual = endpoint_residual(coefficients)
+    fit_part, held_part = _endpoint_folds(residual)
+    start_error, start_held = rms(residual.double()), rms(held_part)
+    kept, damping = 0, 1e-3
+    for _ in range(iterations):
+        jacobian = torch.empty(fit_part.numel(), len(coefficients), dtype=torch.float64)
+        for k in range(len(coefficients)):
+            delta = 1e-3 * max(1.0, abs(float(coefficients[k])))
+            moved = coefficients.clone()
+            moved[k] += delta
+            jacobian[:, k] = (_endpoint_folds(endpoint_residual(moved))[0] - fit_part) / delta
+        gradient, normal = jacobian.T @ fit_part, jacobian.T @ jacobian
+        scale = torch.diag(normal.diagonal().clamp_min(1e-300))
+        improved = None
+        while damping < 1e8:
+            candidate = coefficients - torch.linalg.solve(normal + damping * scale, gradient)
+            candidate_residual = endpoint_residual(candidate)
+            candidate_fit, candidate_held = _endpoint_folds(candidate_residual)
+            if candidate_fit.pow(2).sum() < fit_part.pow(2).sum():
+                damping = max(damping / 3, 1e-9)
+                improved = (candidate, candidate_residual, candidate_fit, candidate_held)
+                break
+            damping *= 10
+        if improved is None or improved[3].pow(2).sum() >= held_part.pow(2).sum():
+            break  # no descent on the fitted half, or the held-out half stopped improving
+        coefficients, residual, fit_part, held_part = improved
+        kept += 1
+    solver.coefficients = unflatten(coefficients)
+    if info is not None:
+        info.update(error_before=start_error, error=rms(residual.double()), held_out_before=start_held,
+                    held_out=rms(held_part), iterations=kept)
+    return solver
+
+
 class DenseReference:
     """Reference states at many σ (descending, ending in 0 = the endpoint), interpolated in between by the cubic
     Lagrange polynomial in σ through the four nearest nodes: the targets of any grid inside the range without

@@ -5,7 +5,7 @@ import torch
 
 from tests.unit.analytic_problems import DATA_END_SIGMA, denoiser_of, make_mixture, rms, uniform
 from samplers.fitted_solver import (FittedSolver, dense_reference, fit_solver, least_squares_coefficients,
-                                    optimize_fitted, reference_trajectory, sample_fitted)
+                                    optimize_fitted, reference_trajectory, refine_end_to_end, sample_fitted)
 from samplers.predictor_corrector import sample_multistep_pc
 from samplers.schedule_optimization import pilot_reference
 from samplers.schedules import karras_sigmas
@@ -153,3 +153,44 @@ def test_schedule_and_coefficients_fitted_together_generalize():
     held_plain = rms(sample_fitted(model, held_out, grid, disable=True, solver=plain), truth)
     held_joint = rms(sample_fitted(model, held_out, sigmas, disable=True, solver=joint), truth)
     assert held_joint < 0.5 * held_plain, (held_joint, held_plain)
+
+
+def test_end_to_end_refinement_lowers_the_endpoint_error_and_generalizes():
+    """Levenberg–Marquardt on all coefficients against the pilot endpoint, after the step-by-step fit (overlapping
+    mixture, 4 steps, 32 pilot samples, data base of order 1 so the step-by-step fit leaves something to gain):
+    lower error on both pilot halves and on 256 held-out samples; every iteration it keeps was checked on the
+    held-out pilot half. Measured at the time of writing: pilot 1.29e-2 → 2.84e-3, held out 1.58e-2 → 2.72e-3."""
+    model = denoiser_of(make_mixture(stds=(0.5, 0.6), spread=0.5))
+    pilot, held_out = noise(21, 32), noise(22, 256)
+    grid = uniform(4)
+    targets = reference_trajectory(model, pilot, grid, rtol=1e-9, data_end_sigma=DATA_END_SIGMA)
+    solver = fit_solver(model, pilot, grid, targets, prediction="data", order=1, history=2,
+                        data_end_sigma=DATA_END_SIGMA, disable=True)
+    truth = pilot_reference(model, held_out, 1.0, rtol=1e-9, data_end_sigma=DATA_END_SIGMA)
+    held_stepwise = rms(sample_fitted(model, held_out, grid, disable=True, solver=solver), truth)
+    info = {}
+    refined = refine_end_to_end(model, pilot, grid, targets, solver, iterations=3, info=info)
+    assert refined is solver and 1 <= info["iterations"] <= 3
+    assert info["error_before"] == pytest.approx(solver.info["error"], rel=1e-9)
+    assert info["error"] < info["error_before"] and info["held_out"] < info["held_out_before"]
+    assert rms(sample_fitted(model, pilot, grid, disable=True, solver=solver), targets[-1]) == pytest.approx(
+        info["error"], rel=1e-9)
+    held_refined = rms(sample_fitted(model, held_out, grid, disable=True, solver=solver), truth)
+    assert held_refined < held_stepwise, (held_refined, held_stepwise)
+    with pytest.raises(ValueError, match="fitted for the 4-step grid"):
+        refine_end_to_end(model, pilot, uniform(5), targets, solver)
+    with pytest.raises(ValueError, match="iterations"):
+        refine_end_to_end(model, pilot, grid, targets, solver, iterations=-1)
+
+
+def test_end_to_end_refinement_stops_when_the_held_out_half_does_not_improve(problem):
+    """Targets = the solver's own trajectory (zero residual): no step can help, nothing is kept or changed."""
+    grid = karras_sigmas(4, sigma_max=1.0, sigma_min=0.02, dtype=torch.float64)
+    solver = FittedSolver(tuple(grid.tolist()), "data", 2, 3, True, [[0.1] + [0.0] * (1 + min(i, 2)) for i in range(4)])
+    states = []
+    end = sample_fitted(problem.model, problem.noise, grid, disable=True, solver=solver,
+                        callback=lambda payload: states.append(payload["x"]))
+    before = [list(c) for c in solver.coefficients]
+    info = {}
+    refine_end_to_end(problem.model, problem.noise, grid, states[1:] + [end], solver, iterations=2, info=info)
+    assert info["iterations"] == 0 and info["error"] == 0 and solver.coefficients == before
