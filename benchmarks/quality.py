@@ -54,6 +54,9 @@ FITTED_SCHEDULERS = ("simple", "sgm_uniform", "beta", "karras", "exponential")
 # the grid whose fit had the lowest pilot error (only for fs_fitted: the velocity base gives the same results).
 FITTED_JOINT = "fs_fitted_schedule"
 JOINT_EVALUATIONS = {"quick": 6, "standard": 60, "full": 100}
+# The same node with refine_iterations: the plain fit on that best grid, then end-to-end Levenberg–Marquardt.
+FITTED_REFINED = "fs_fitted_refined"
+REFINE_ITERATIONS = {"quick": 1, "standard": 6, "full": 8}
 ADAPTIVE_STEP_COST = {"fs_bosh3": 4, "fs_dopri5": 7}  # NFE of the first embedded step (FSAL afterwards)
 
 
@@ -198,7 +201,8 @@ def contenders(mode: str):
     fitted = list(FITTED_SOLVERS)[:1] if quick else list(FITTED_SOLVERS)
     rows += [("FlowScope", s, sch) for s in fitted
              for sch in (("simple", "karras") if quick else FITTED_SCHEDULERS + (OPTIMIZED,))]
-    rows += [("FlowScope", "fs_fitted", FITTED_JOINT)]  # after the plain fits: it starts from their best grid
+    # after the plain fits: both start from their best grid
+    rows += [("FlowScope", "fs_fitted", FITTED_JOINT), ("FlowScope", "fs_fitted", FITTED_REFINED)]
     return rows
 
 
@@ -252,15 +256,17 @@ def optimized_grid(pilot, sampler_name, factory, steps, schedulers, evaluations,
     return cache[key]
 
 
-def fitted_sampler(pilot, sigmas, configuration, schedule_evaluations=0):
+def fitted_sampler(pilot, sigmas, configuration, schedule_evaluations=0, refine_iterations=0):
     """The Fitted Solver node's SAMPLER for ``sigmas``, fitted on the pilot noise (reference rtol 1e-6), its SIGMAS
-    output (``sigmas`` itself unless ``schedule_evaluations`` > 0 warps them) and the node's result dict."""
+    output (``sigmas`` itself unless ``schedule_evaluations`` > 0 warps them) and the node's result dict
+    (``refine_iterations``: the node's end-to-end refinement)."""
     from ComfyUI_FlowScope import samplers as core
     from ComfyUI_FlowScope.nodes.sampler_nodes import make_sampler, solver_fitter
 
     result = {}
     prediction, order, history = configuration
-    pilot.problem.run(solver_fitter(result, prediction, order, history, 1e-6, schedule_evaluations), sigmas.clone())
+    pilot.problem.run(solver_fitter(result, prediction, order, history, 1e-6, schedule_evaluations, refine_iterations),
+                      sigmas.clone())
     return make_sampler(core.sample_fitted, solver=result["solver"]), result["sigmas"].float(), result
 
 
@@ -287,7 +293,7 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
     labeler = Labeler()
     results, references = [], {}
     start_schedulers = sorted({sch for _, _, sch in contenders(mode)
-                               if sch not in (TRAJECTORY_ADAPTIVE, OPTIMIZED, FITTED_JOINT)})
+                               if sch not in (TRAJECTORY_ADAPTIVE, OPTIMIZED, FITTED_JOINT, FITTED_REFINED)})
     for problem_name, model_name, cfg in problem_specs:
         problem = Problem(problem_name, model_name, cfg, batch)
         started = time.time()
@@ -303,7 +309,7 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
                 if pilot is None:
                     pilot = Pilot(problem_name, model_name, cfg, batch, 1e-6)
                 for budget in budgets:  # 1 NFE per step: steps = budget
-                    if scheduler == FITTED_JOINT:
+                    if scheduler in (FITTED_JOINT, FITTED_REFINED):
                         sigmas = best_fits.get((sampler_name, budget), (None, None))[1]
                     elif scheduler == OPTIMIZED:
                         sigmas = best_optimized_grid(optimized_grids, budget)
@@ -312,13 +318,20 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
                     if sigmas is None:
                         continue
                     evaluations = JOINT_EVALUATIONS[mode] if scheduler == FITTED_JOINT else 0
-                    sampler, sigmas, fit = fitted_sampler(pilot, sigmas, FITTED_SOLVERS[sampler_name], evaluations)
+                    iterations = REFINE_ITERATIONS[mode] if scheduler == FITTED_REFINED else 0
+                    sampler, sigmas, fit = fitted_sampler(pilot, sigmas, FITTED_SOLVERS[sampler_name], evaluations,
+                                                          iterations)
                     samples, nfe = problem.run(sampler, sigmas.clone())
                     info = fit["solver"].info
                     if scheduler == FITTED_JOINT:
                         search = fit["schedule_search"]
                         log(f"  {sampler_name}/{scheduler}@{budget}: pilot error {search['base_error']:.2e} → "
                             f"{search['error']:.2e} ({search['evaluations']} fits)")
+                    elif scheduler == FITTED_REFINED:
+                        refined = fit["refinement"]
+                        log(f"  {sampler_name}/{scheduler}@{budget}: pilot error {refined['error_before']:.2e} → "
+                            f"{refined['error']:.2e} (held-out half {refined['held_out_before']:.2e} → "
+                            f"{refined['held_out']:.2e}, {refined['iterations']} iterations kept)")
                     else:
                         log(f"  {sampler_name}/{scheduler}@{budget}: pilot error {info['base_error']:.2e} → "
                             f"{info['error']:.2e}")
@@ -473,7 +486,9 @@ def report(results, references, command, mode) -> tuple[str, dict]:
               f"`fs_fitted / {FITTED_JOINT}` is the same node with `optimize_schedule` on: one reference solve stored "
               f"at 256 σ, then {JOINT_EVALUATIONS[mode]} candidate warps of the grid whose plain fit had the lowest "
               "pilot error, each fitted and scored on the pilot (N model calls per candidate); the table measures "
-              "the SIGMAS the node returns."]
+              f"the SIGMAS the node returns. `fs_fitted / {FITTED_REFINED}` is the node with `refine_iterations` = "
+              f"{REFINE_ITERATIONS[mode]} on that same best grid: the plain fit, then end-to-end Levenberg–Marquardt "
+              "on all coefficients against the pilot endpoint (one pilot run per coefficient per iteration)."]
     return "\n".join(lines) + "\n", summary
 
 

@@ -264,8 +264,9 @@ def refine_end_to_end(model, x, sigmas, targets, solver: FittedSolver, extra_arg
     (``P · steps`` model calls, P = the number of coefficients, ≈ 9 per step at history 8).
 
     Overfitting guard, like the ridge's cross-validation: each step is computed on one half of the pilot
-    (even samples, or the first half of the latent for a batch of one) and kept only while the error on the
-    other half falls; the refinement stops at the first step that does not help the held-out half. ``info``
+    (even samples, or the first half of the latent for a batch of one) and accepted only if the error falls on
+    both halves — otherwise the damping grows (a shorter step) until one does; the refinement stops when no
+    step helps the held-out half. ``info``
     gets ``error_before``/``error`` (whole pilot), ``held_out_before``/``held_out`` and ``iterations`` (kept)."""
     if iterations < 0:
         raise ValueError(f"refine_end_to_end: iterations = {iterations} must be ≥ 0")
@@ -303,17 +304,18 @@ def refine_end_to_end(model, x, sigmas, targets, solver: FittedSolver, extra_arg
         gradient, normal = jacobian.T @ fit_part, jacobian.T @ jacobian
         scale = torch.diag(normal.diagonal().clamp_min(1e-300))
         improved = None
-        while damping < 1e8:
+        while improved is None and damping < 1e8:  # more damping = a shorter, more conservative step
             candidate = coefficients - torch.linalg.solve(normal + damping * scale, gradient)
             candidate_residual = endpoint_residual(candidate)
             candidate_fit, candidate_held = _endpoint_folds(candidate_residual)
-            if candidate_fit.pow(2).sum() < fit_part.pow(2).sum():
-                damping = max(damping / 3, 1e-9)
+            if (candidate_fit.pow(2).sum() < fit_part.pow(2).sum()
+                    and candidate_held.pow(2).sum() < held_part.pow(2).sum()):
                 improved = (candidate, candidate_residual, candidate_fit, candidate_held)
-                break
-            damping *= 10
-        if improved is None or improved[3].pow(2).sum() >= held_part.pow(2).sum():
-            break  # no descent on the fitted half, or the held-out half stopped improving
+                damping = max(damping / 3, 1e-9)
+            else:
+                damping *= 10
+        if improved is None:
+            break  # no step helps both halves: the held-out half stopped improving
         coefficients, residual, fit_part, held_part = improved
         kept += 1
     solver.coefficients = unflatten(coefficients)
