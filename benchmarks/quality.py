@@ -302,7 +302,7 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
         references[problem_name] = {"nfe": reference_nfe, "accuracy": accuracy}
         log(f"[{problem_name}] reference: {reference_nfe} NFE, accuracy {accuracy:.2e}")
         grids, nfe_models, optimized_grids = {}, {}, {}
-        best_fits = {}  # (sampler, budget) → (pilot error, sigmas) of the best plain fit: the joint search's start
+        best_fits = {}  # (sampler, budget) → (pilot error, sigmas) of the best plain fit: where joint/refined start
         pilot = None
         for family, sampler_name, scheduler in contenders(mode):
             if sampler_name in FITTED_SOLVERS:

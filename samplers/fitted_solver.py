@@ -266,8 +266,8 @@ def refine_end_to_end(model, x, sigmas, targets, solver: FittedSolver, extra_arg
     Overfitting guard, like the ridge's cross-validation: each step is computed on one half of the pilot
     (even samples, or the first half of the latent for a batch of one) and accepted only if the error falls on
     both halves — otherwise the damping grows (a shorter step) until one does; the refinement stops when no
-    step helps the held-out half. ``info``
-    gets ``error_before``/``error`` (whole pilot), ``held_out_before``/``held_out`` and ``iterations`` (kept)."""
+    step helps the held-out half. ``info`` gets ``error_before``/``error`` (whole pilot),
+    ``held_out_before``/``held_out`` and ``iterations`` (kept)."""
     if iterations < 0:
         raise ValueError(f"refine_end_to_end: iterations = {iterations} must be ≥ 0")
     grid = validate_sigmas(sigmas, "refine_end_to_end")
