@@ -322,7 +322,6 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
                     sampler, sigmas, fit = fitted_sampler(pilot, sigmas, FITTED_SOLVERS[sampler_name], evaluations,
                                                           iterations)
                     samples, nfe = problem.run(sampler, sigmas.clone())
-                    info = fit["solver"].info
                     if scheduler == FITTED_JOINT:
                         search = fit["schedule_search"]
                         log(f"  {sampler_name}/{scheduler}@{budget}: pilot error {search['base_error']:.2e} → "
@@ -333,6 +332,7 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
                             f"{refined['error']:.2e} (held-out half {refined['held_out_before']:.2e} → "
                             f"{refined['held_out']:.2e}, {refined['iterations']} iterations kept)")
                     else:
+                        info = fit["solver"].info
                         log(f"  {sampler_name}/{scheduler}@{budget}: pilot error {info['base_error']:.2e} → "
                             f"{info['error']:.2e}")
                         key = (sampler_name, budget)

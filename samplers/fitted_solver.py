@@ -113,6 +113,14 @@ class _History:
 RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
+def _two_folds(batch: int, size: int) -> tuple:
+    """Index tuples of the two validation halves of ``[B, M]`` pilot data: even/odd samples, or the two halves of
+    the latent for a batch of one (the ridge's cross-validation and the end-to-end refinement's guard)."""
+    if batch >= 2:
+        return (slice(0, None, 2), slice(None)), (slice(1, None, 2), slice(None))
+    return (slice(None), slice(None, size // 2)), (slice(None), slice(size // 2, None))
+
+
 def _ridge_solution(gram, rhs, ridge):
     """Ridge solution on normalized columns (float64); a zero feature gets coefficient 0."""
     scale = gram.diagonal().sqrt()
@@ -134,11 +142,7 @@ def least_squares_coefficients(features, target, ridges=RIDGES) -> list[float]:
     batch = target.shape[0]
     rows = torch.stack([f.reshape(batch, -1) for f in features]).double()  # [p, B, M]
     target = target.reshape(batch, -1).double()
-    if batch >= 2:
-        folds = [(rows[:, 0::2], target[0::2]), (rows[:, 1::2], target[1::2])]
-    else:
-        half = target.shape[1] // 2
-        folds = [(rows[:, :, :half], target[:, :half]), (rows[:, :, half:], target[:, half:])]
+    folds = [(rows[(slice(None),) + fold], target[fold]) for fold in _two_folds(*target.shape)]
     moments = [(torch.einsum("pbm,qbm->pq", r, r), torch.einsum("pbm,bm->p", r, t), t.pow(2).sum())
                for r, t in folds]
     gram, rhs = moments[0][0] + moments[1][0], moments[0][1] + moments[1][1]
@@ -247,13 +251,9 @@ def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", or
 
 
 def _endpoint_folds(residual):
-    """The two halves of an endpoint residual ``[B, …]`` as flat float64 vectors: even/odd samples, or the two
-    halves of the latent for a batch of one (the folds of :func:`least_squares_coefficients`)."""
+    """The two halves (:func:`_two_folds`) of an endpoint residual ``[B, …]`` as flat float64 vectors."""
     flat = residual.double().reshape(residual.shape[0], -1)
-    if flat.shape[0] >= 2:
-        return flat[0::2].reshape(-1), flat[1::2].reshape(-1)
-    half = flat.shape[1] // 2
-    return flat[:, :half].reshape(-1), flat[:, half:].reshape(-1)
+    return tuple(flat[fold].reshape(-1) for fold in _two_folds(*flat.shape))
 
 
 def refine_end_to_end(model, x, sigmas, targets, solver: FittedSolver, extra_args=None, iterations=4,
