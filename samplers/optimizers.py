@@ -26,6 +26,8 @@ step and nothing else costs 2). ``h_k`` is the current step, ``r_k = h_k/h_{k−
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .common import (ModelDerivative, append_dims, check_choice, check_range, progress_range,
@@ -152,6 +154,49 @@ def _phi(z: torch.Tensor):
     return torch.where(small, z * phi2 + 1.0, phi1), phi2
 
 
+# Devices on which fs_secant's per-sample coefficients ([B] numbers) are computed in Python floats: on the CPU
+# ~20 tensor calls on [B]-sized tensors cost more than the host arithmetic and reading the values costs no
+# sync; on an accelerator, .tolist() would stall the queue every step, so the tensors stay there.
+HOST_COEFFICIENT_DEVICES = ("cpu",)
+
+
+def _secant_coefficients(numerator, denominator, h, step_ratio, limit, tiny):
+    """(h·φ₁(z), φ₂(z)·h²/h_prev, −λ) per sample from the secant Rayleigh quotient λ = numerator/denominator,
+    z = clip(λh, ±limit), as [B] tensors."""
+    curvature = numerator / denominator.clamp_min(tiny)
+    z = (curvature * h).clamp(-limit, limit)
+    phi1, phi2 = _phi(z)
+    return phi1 * h, phi2 * step_ratio, z / -h
+
+
+def _secant_coefficients_on_host(numerator, denominator, h, step_ratio, limit, tiny):
+    """:func:`_secant_coefficients` on lists of Python floats (float64), returning lists."""
+    step, correction, negative_curvature = [], [], []
+    for num, den in zip(numerator, denominator):
+        z = min(max(num / max(den, tiny) * h, -limit), limit)
+        phi1, phi2 = _phi_scalar(z)
+        step.append(phi1 * h)
+        correction.append(phi2 * step_ratio)
+        negative_curvature.append(z / -h)
+    return step, correction, negative_curvature
+
+
+def _phi_scalar(z: float) -> tuple[float, float]:
+    """:func:`_phi` for one Python float."""
+    if abs(z) < 1e-3:
+        phi2 = (z * (1 / 24) + 1 / 6) * z + 0.5
+        return z * phi2 + 1.0, phi2
+    phi1 = math.expm1(z) / z
+    return phi1, (phi1 - 1.0) / z
+
+
+def _per_sample(values, like: torch.Tensor) -> torch.Tensor:
+    """[B] coefficients (a list or a tensor) shaped to broadcast against ``like`` [B, ...]."""
+    if not isinstance(values, torch.Tensor):
+        values = torch.tensor(values, dtype=like.dtype)
+    return append_dims(values, like.ndim)
+
+
 def sample_secant(model, x, sigmas, extra_args=None, callback=None, disable=None, variant="ab2",
                   max_curvature_step=2.0, data_end_sigma=None):
     """Curvature-aware secant ("quasi-Newton") sampler: exponential integrators (Hochbruck & Ostermann 2010,
@@ -184,16 +229,20 @@ def sample_secant(model, x, sigmas, extra_args=None, callback=None, disable=None
             previous_x, previous_d = previous
             dx, dd = x - previous_x, d - previous_d
             flat_dx = dx.reshape(dx.shape[0], -1)
-            curvature = (torch.linalg.vecdot(dd.reshape(dd.shape[0], -1), flat_dx)
-                         / torch.linalg.vecdot(flat_dx, flat_dx).clamp_min(torch.finfo(x.dtype).tiny))
-            z = (curvature * h).clamp(-limit, limit)
-            phi1, phi2 = _phi(z)
-            x_next = torch.addcmul(x, d, append_dims(phi1 * h, x.ndim))
+            numerator = torch.linalg.vecdot(dd.reshape(dd.shape[0], -1), flat_dx)
+            denominator = torch.linalg.vecdot(flat_dx, flat_dx)
+            step_ratio = h * h / (sigma - grid[i - 1])
+            if x.device.type in HOST_COEFFICIENT_DEVICES:
+                step, correction, negative_curvature = _secant_coefficients_on_host(
+                    numerator.tolist(), denominator.tolist(), h, step_ratio, limit, torch.finfo(x.dtype).tiny)
+            else:
+                step, correction, negative_curvature = _secant_coefficients(
+                    numerator, denominator, h, step_ratio, limit, torch.finfo(x.dtype).tiny)
+            x_next = torch.addcmul(x, d, _per_sample(step, x))
             if variant == "ab2":
-                # N_k − N_{k−1} = (d_k − d_{k−1}) − λ (x_k − x_{k−1}) with the same λ = z/h
-                nonlinear_change = torch.addcmul(dd, dx, append_dims(z / -h, x.ndim))
-                x_next = torch.addcmul(x_next, nonlinear_change,
-                                       append_dims(phi2 * (h * h / (sigma - grid[i - 1])), x.ndim))
+                # N_k − N_{k−1} = (d_k − d_{k−1}) − λ (x_k − x_{k−1}) with the same clipped λ = z/h
+                nonlinear_change = torch.addcmul(dd, dx, _per_sample(negative_curvature, x))
+                x_next = torch.addcmul(x_next, nonlinear_change, _per_sample(correction, x))
         previous = (x, d)
         x = x_next
     return x

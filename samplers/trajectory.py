@@ -4,7 +4,9 @@ A :class:`TrajectoryRecorder` is fed by two hooks that exist for *every* ComfyUI
 (x, σ, denoised) and each step callback (i, x, denoised). It never changes a tensor it is given, so sampling
 with and without recording is bit-identical. By default it keeps only per-call / per-step scalars, as
 device tensors, plus five latent-sized buffers (start point, previous point, previous displacement,
-previous step-start velocity, previous denoised); they are copied to the host once, in :meth:`finish`.
+previous step-start velocity, previous denoised) and, while sampling, four latent-sized working buffers
+that the hooks reuse instead of allocating temporaries; the scalars are copied to the host once, in
+:meth:`finish`, which also drops the working buffers.
 
 Common parameterization (MISSION.md): flow models are recorded as they are (``t = σ``); VE models
 (EPS/V/EDM in ComfyUI's sampler space, ``x = x0 + σ_ve ε``) are converted to flow time
@@ -41,6 +43,10 @@ def flatten_batch(x: torch.Tensor) -> torch.Tensor:
 def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
     """float64 stays float64 (tests, references); half/bfloat16/float32 latents accumulate in float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _empty(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(like.shape, dtype=dtype, device=like.device)
 
 
 def _norm(flat: torch.Tensor) -> torch.Tensor:
@@ -160,30 +166,36 @@ class TrajectoryRecorder:
         self._start = self._point = self._displacement = self._step_velocity = self._denoised = None
         self._dim = self._batch = None
         self._sigma_grid = None
+        self._call_work = self._spare_point = self._spare_velocity = self._spare_displacement = None
 
     # -- conversions --------------------------------------------------------------------------------
     def _t(self, sigma: torch.Tensor) -> torch.Tensor:
         return sigma if self.flow else sigma / (1 + sigma)
 
-    def _flow_point(self, x: torch.Tensor, sigma: torch.Tensor):
-        """(x_flow [B, d], t) for a point; sigma a 0-d or [B] tensor."""
-        flat = flatten_batch(x)
-        if not self.flow:
-            flat = flat / (1 + sigma).reshape(-1, 1)
-        return flat, self._t(sigma)
-
     # -- hooks ----------------------------------------------------------------------------------------
+    # The hooks write into latent-sized buffers they own and reuse, one spare per role, instead of allocating
+    # temporaries on every call: on large CPU latents each fresh allocation costs page faults.
     def on_model_call(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
         sigma = sigma.reshape(-1).to(device=x.device, dtype=accumulation_dtype(x))
         if sigma.numel() == 1:
             sigma = sigma.expand(x.shape[0])
-        flat, t = self._flow_point(x, sigma)
-        flat_denoised = flatten_batch(denoised)
-        self.calls_t.append(t)
-        self.calls_velocity_norm.append(_norm(flat - flat_denoised))  # ÷ t in finish
-        self.calls_drift_norm.append(None if self._denoised is None else _norm(flat_denoised - self._denoised))
+        flat, flat_denoised = flatten_batch(x.detach()), flatten_batch(denoised)
+        work = self._call_work
+        if work is None:
+            work = self._call_work = _empty(flat, self._flow_dtype(flat, sigma, flat_denoised))
+        if self.flow:
+            torch.sub(flat, flat_denoised, out=work)
+        else:
+            torch.div(flat, (1 + sigma).reshape(-1, 1), out=work).sub_(flat_denoised)
+        self.calls_t.append(self._t(sigma))
+        self.calls_velocity_norm.append(_norm(work))  # ÷ t in finish
+        if self._denoised is None:
+            self.calls_drift_norm.append(None)
+            self._denoised = flat_denoised.detach().clone()
+        else:
+            self.calls_drift_norm.append(_norm(torch.sub(flat_denoised, self._denoised, out=work)))
+            self._denoised.copy_(flat_denoised)
         self.calls_step.append(self.current_step)
-        self._denoised = flat_denoised.detach().clone()
         self._recent_calls.append((id(denoised), denoised.data_ptr(), sigma, len(self.calls_step) - 1))
 
     def _sigma_of_step(self, i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
@@ -205,43 +217,65 @@ class TrajectoryRecorder:
         if i >= len(self.sigmas) - 1:
             return
         sigma = self._sigma_of_step(i, x, denoised).to(accumulation_dtype(x))
-        point, t = self._owned_flow_point(x, sigma)
-        velocity = (point - flatten_batch(denoised)) / t.reshape(-1, 1)  # a new tensor: kept without a copy
-        if self._step_velocity is not None:
-            self.velocity_change_norm.append(_norm(velocity - self._step_velocity))
+        point, t = self._owned_flow_point(x, sigma), self._t(sigma)
+        flat_denoised = flatten_batch(denoised)
+        velocity = self._spare_velocity
+        if velocity is None:
+            velocity = _empty(point, torch.promote_types(torch.result_type(point, flat_denoised), t.dtype))
+        torch.sub(point, flat_denoised, out=velocity).div_(t.reshape(-1, 1))
+        previous = self._step_velocity
+        if previous is not None:
+            self.velocity_change_norm.append(_norm(previous.sub_(velocity)))  # ‖v_{i−1} − v_i‖ = ‖v_i − v_{i−1}‖
+        self._spare_velocity = previous
         self.step_velocity_norm.append(_norm(velocity))
         self._step_velocity = velocity
         self._advance(point, t, sigma)
         self.current_step = i  # later calls belong to step i until the next callback claims its first call
 
-    def _owned_flow_point(self, x: torch.Tensor, sigma: torch.Tensor):
-        """(x_flow, t) with x_flow a tensor of its own (the sampler may later write into ``x`` in place)."""
-        point, t = self._flow_point(x.detach(), sigma)
-        return (point.clone() if self.flow else point), t  # the VE→flow division already made a new tensor
+    def _flow_dtype(self, flat: torch.Tensor, sigma: torch.Tensor, other: torch.Tensor | None = None):
+        """dtype of x_flow (and of x_flow − other) as the out-of-place expressions would produce it."""
+        dtype = flat.dtype if self.flow else torch.result_type(flat, (1 + sigma).reshape(-1, 1))
+        return dtype if other is None else torch.promote_types(dtype, other.dtype)
+
+    def _owned_flow_point(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x_flow [B, d] in a buffer of the recorder's own (the sampler may later write into ``x`` in place)."""
+        flat = flatten_batch(x.detach())
+        point, self._spare_point = self._spare_point, None
+        if point is None:
+            point = _empty(flat, self._flow_dtype(flat, sigma))
+        if self.flow:
+            return point.copy_(flat)
+        return torch.div(flat, (1 + sigma).reshape(-1, 1), out=point)
 
     def _advance(self, point: torch.Tensor, t: torch.Tensor, sigma: torch.Tensor) -> None:
-        """Move the path to ``point`` (owned, never written to: kept without copies)."""
+        """Move the path to ``point`` (an owned buffer)."""
         if self._dim is None:
             self._batch, self._dim = point.shape
         if self._point is None:
             self._start = point
         else:
-            displacement = self._point - point
+            displacement = self._spare_displacement
+            if displacement is None:
+                displacement = torch.empty_like(point)
+            torch.sub(self._point, point, out=displacement)
             self.segment_norm.append(_norm(displacement))
             if self._displacement is not None:
                 self.segment_dot.append(_dot(displacement, self._displacement))
-            self._displacement = displacement
+            self._spare_displacement, self._displacement = self._displacement, displacement
+            if self._point is not self._start:
+                self._spare_point = self._point
         self._point = point
         self.point_sigma.append(sigma)
         if self.record_latents and len(self.latents) < self.max_latents:
-            self.latents.append((t, point))
+            self.latents.append((t, point.clone()))
 
     def finish(self, x_final: torch.Tensor, interrupted: bool = False) -> Trajectory:
         """Close the path at the sampler's output (σ = sigmas[−1]), copy everything to the host once and turn
         the raw norms and dots into the per-dimension statistics of :class:`Trajectory`."""
         if self._point is not None and not interrupted:
             sigma = self._grid(x_final)[-1]
-            self._advance(*self._owned_flow_point(x_final, sigma), sigma)
+            self._advance(self._owned_flow_point(x_final, sigma), self._t(sigma), sigma)
+        self._call_work = self._spare_point = self._spare_velocity = self._spare_displacement = None
         batch = self._batch or x_final.shape[0]
         dim = self._dim or flatten_batch(x_final).shape[1]
         root_dim = math.sqrt(dim)

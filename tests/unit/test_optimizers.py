@@ -5,7 +5,8 @@ import torch
 
 from tests.unit.analytic_problems import alternating, measured_order, rms, uniform
 from samplers.multistep import adams_bashforth_weights
-from samplers.optimizers import _phi, sample_gradient_estimation, sample_heavy_ball, sample_nesterov, sample_secant
+from samplers import optimizers
+from samplers.optimizers import _phi, _phi_scalar, sample_gradient_estimation, sample_heavy_ball, sample_nesterov, sample_secant
 from samplers.runge_kutta import sample_rk
 
 STEPS = [16, 32, 64, 128]
@@ -158,6 +159,26 @@ def test_phi_functions_match_their_definition(dtype, rtol):
     assert phi1.dtype == phi2.dtype == dtype
     torch.testing.assert_close(phi1.double(), expected1, rtol=rtol, atol=0)
     torch.testing.assert_close(phi2.double(), expected2, rtol=rtol, atol=0)
+
+
+def test_host_phi_matches_the_tensor_phi():
+    z = [-50.0, -2.0, -0.3, -1.1e-3, -1e-3, -9.9e-4, -1e-7, 0.0, 1e-12, 5e-4, 1e-3, 2e-3, 0.7, 2.0]
+    phi1, phi2 = _phi(torch.tensor(z, dtype=torch.float64))
+    host = [_phi_scalar(value) for value in z]
+    torch.testing.assert_close(torch.tensor([p for p, _ in host], dtype=torch.float64), phi1, rtol=1e-15, atol=0)
+    torch.testing.assert_close(torch.tensor([p for _, p in host], dtype=torch.float64), phi2, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("variant", ["ab2", "euler"])
+def test_secant_host_and_tensor_coefficients_agree(problem, monkeypatch, variant):
+    """On the CPU the per-sample coefficients are computed in Python floats; the tensor path (used on
+    accelerators) gives the same sampler output to float64 rounding."""
+    sigmas = alternating(12)
+    host = sample_secant(problem.model, problem.noise, sigmas, variant=variant, disable=True)
+    monkeypatch.setattr(optimizers, "HOST_COEFFICIENT_DEVICES", ())
+    tensor = sample_secant(problem.model, problem.noise, sigmas, variant=variant, disable=True)
+    torch.testing.assert_close(host, tensor, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(host, problem.noise)
 
 
 def test_secant_without_curvature_is_ab2(problem):

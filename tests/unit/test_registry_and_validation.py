@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.unit.analytic_problems import denoiser_of, make_mixture, uniform
-from samplers import SAMPLER_INFO, SAMPLERS, SCHEDULE_INFO, SCHEDULES
+from samplers import SAMPLER_INFO, SAMPLERS, SCHEDULE_INFO, SCHEDULES, optimizers
 from samplers.common import validate_latent, validate_sigmas
 
 NAMES = ["fs_euler", "fs_heun", "fs_midpoint", "fs_ralston", "fs_rk3", "fs_rk4", "fs_rk38", "fs_bosh3",
@@ -134,7 +134,9 @@ class SyncCounter:
 @pytest.mark.parametrize("name", NAMES)
 def test_host_syncs_do_not_grow_with_the_number_of_steps(name, monkeypatch):
     """GPU discipline: the fixed-step samplers convert tensors to Python only before the loop; the
-    adaptive ones once per attempted step (the controller)."""
+    adaptive ones once per attempted step (the controller). fs_secant reads its [B] coefficients on the host
+    only on the CPU (no sync there); its accelerator path is checked here."""
+    monkeypatch.setattr(optimizers, "HOST_COEFFICIENT_DEVICES", ())
     model = denoiser_of(make_mixture(dim=6))
     x = torch.randn(2, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     sigmas_short, sigmas_long = uniform(5), uniform(20)

@@ -130,3 +130,33 @@ def test_default_recording_memory_is_o_steps_not_o_latents(mixture):
     assert small.latents == []
     sizes = [t.numel() for t in (small.secant_sq, small.segment_length, small.call_velocity_rms)]
     assert sizes == [10 * 2, 10 * 2, 10 * 2]
+
+
+@pytest.mark.parametrize("flow", [True, False])
+def test_hooks_reuse_their_latent_sized_buffers(mixture, flow):
+    """After the first steps the hooks allocate no latent-sized tensor: the working buffers rotate among a fixed
+    set (start, point ×2, displacement ×2, velocity ×2, denoised, call scratch), whatever the step count."""
+    sigmas = torch.linspace(0.9, 0.05, 41, dtype=torch.float64)
+    recorder = TrajectoryRecorder(flow, sigmas)
+    noise = torch.randn(3, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    storages = {}  # data_ptr → tensor: kept alive, so a freed and reallocated buffer cannot reuse an address
+    fields = ("_start", "_point", "_displacement", "_step_velocity", "_denoised", "_call_work",
+              "_spare_point", "_spare_velocity", "_spare_displacement")
+
+    def denoiser(x, sigma, **_):
+        denoised = mixture.denoised(x, sigma)
+        recorder.on_model_call(x, sigma, denoised)
+        return denoised
+
+    def on_step(info):
+        recorder.on_step(info["i"], info["x"], info["denoised"])
+        for name in fields:
+            buffer = getattr(recorder, name, None)
+            if buffer is not None:
+                storages[buffer.data_ptr()] = buffer
+
+    out = sample_rk(denoiser, noise, sigmas, method="heun", callback=on_step)
+    trajectory = recorder.finish(out)
+    assert trajectory.steps == 40 and trajectory.nfe == 80
+    assert len(storages) <= 9, len(storages)
+    assert all(getattr(recorder, name) is None for name in fields[5:])  # finish drops the working buffers
