@@ -60,8 +60,9 @@ CAUSES = {
     "stochastic": "draws a fresh noise latent per step (Langevin: per corrector step plus norms → host sync)",
 }
 SPECIFIC = {
-    "fs_secant": "per step two batch dot products for the clipped Barzilai–Borwein curvature, then φ₁/φ₂ with a "
-                 "series/closed-form selection (torch.where on both branches): ~40 small tensor ops",
+    "fs_secant": "per step the two differences x − x_prev and d − d_prev, two batch dot products for the clipped "
+                 "Barzilai–Borwein curvature read to the host, three per-sample coefficient tensors built from "
+                 "the host φ₁/φ₂ and three fused multiply-adds: ~15 tensor calls against euler's 3",
     "fs_langevin_pc": "per corrector: a noise draw, two norms and the SNR step size",
     "fs_ab2": "derivative history and the variable-step weights (Python) per step",
     "fs_ab3": "derivative history and the variable-step weights (Python) per step",
