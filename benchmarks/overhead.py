@@ -439,31 +439,34 @@ def recorder_memory(work: Workload, name: str, step_counts, log):
 
 
 # -- memory held per sampler -------------------------------------------------------------------------------
+def _glibc(name: str):
+    """glibc's function ``name`` (through ctypes), or None off glibc."""
+    import ctypes
+
+    try:
+        return getattr(ctypes.CDLL("libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse (no trimming, mmap only above 32 MiB), as PyTorch's caching
     allocator does on a GPU. With glibc's defaults every large temporary of the model is returned to the
     kernel when freed and faulted in again on the next call: on the 16×128×128 latent about half of a model
     call was system time (page faults), and which sampler or recorder happened to hold memory at the top of
     the heap moved timings by ±10 %. True when applied (glibc only)."""
-    import ctypes
-
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
-    except (OSError, AttributeError):
-        return False
+    mallopt = _glibc("mallopt")
+    return (mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20))
+            and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)))
 
 
 def trim_heap() -> None:
     """Hand glibc's free heap pages back to the kernel (``malloc_trim(0)``), so that RSS counts memory in use
     plus fragmentation, not freed memory the allocator keeps (see :func:`keep_freed_memory`)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    malloc_trim = _glibc("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 def _malloc_in_use():
@@ -474,14 +477,13 @@ def _malloc_in_use():
         _fields_ = [(name, ctypes.c_size_t) for name in
                     "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
 
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = MallInfo2
-    except (OSError, AttributeError):
+    mallinfo2 = _glibc("mallinfo2")
+    if mallinfo2 is None:
         return None
+    mallinfo2.restype = MallInfo2
 
     def in_use():
-        info = libc.mallinfo2()
+        info = mallinfo2()
         return info.uordblks + info.hblkhd
 
     return in_use

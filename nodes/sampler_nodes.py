@@ -274,7 +274,7 @@ def solver_fitter(result: dict, prediction: str, order: int, history: int, refer
                 model, x, sigmas, reference, extra_args, prediction, order, history, data_end_sigma,
                 max_evaluations=schedule_evaluations, info=search)
             result["schedule_search"] = search
-            targets = reference.targets(result["sigmas"].tolist())
+            endpoint = reference.states[-1]
         else:
             targets = fitted_solver.reference_trajectory(model, x, sigmas, extra_args, rtol=reference_rtol,
                                                          sigma_min=sigma_min, data_end_sigma=data_end_sigma,
@@ -282,9 +282,10 @@ def solver_fitter(result: dict, prediction: str, order: int, history: int, refer
             result["solver"] = fitted_solver.fit_solver(model, x, sigmas, targets, extra_args, prediction, order,
                                                         history, data_end_sigma, disable=disable)
             result["sigmas"] = sigmas
+            endpoint = targets[-1]
         if refine_iterations > 0:
             result["refinement"] = {}
-            fitted_solver.refine_end_to_end(model, x, result["sigmas"], targets, result["solver"], extra_args,
+            fitted_solver.refine_end_to_end(model, x, result["sigmas"], endpoint, result["solver"], extra_args,
                                             refine_iterations, info=result["refinement"])
         result["reference_nfe"] = stats.get("nfe")
         return x

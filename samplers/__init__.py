@@ -88,6 +88,6 @@ __all__ = [
     "sample_multistep_pc", "sample_heavy_ball",
     "sample_nesterov", "sample_gradient_estimation", "sample_secant", "sample_ddim", "sample_flow_sde",
     "sample_langevin_pc", "trajectory_adaptive_sigmas", "optimize_schedule", "warp_schedule", "nelder_mead",
-    "pilot_reference", "validate_sigmas", "validate_latent", "FittedSolver", "fit_solver", "reference_trajectory", "refine_end_to_end",
-    "sample_fitted", "PREDICTIONS",
+    "pilot_reference", "validate_sigmas", "validate_latent", "FittedSolver", "fit_solver", "reference_trajectory",
+    "refine_end_to_end", "sample_fitted", "PREDICTIONS",
 ] + [f.__name__ for f in SAMPLERS.values() if f.__name__.startswith("sample_fs_")]

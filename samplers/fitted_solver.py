@@ -256,10 +256,11 @@ def _endpoint_folds(residual):
     return tuple(flat[fold].reshape(-1) for fold in _two_folds(*flat.shape))
 
 
-def refine_end_to_end(model, x, sigmas, targets, solver: FittedSolver, extra_args=None, iterations=4,
+def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_args=None, iterations=4,
                       info=None) -> FittedSolver:
-    """Refine all coefficients of a fitted ``solver`` at once against the pilot *endpoint* — the end-to-end
-    objective Bespoke solvers train on (Shaul et al. 2024) — instead of step by step: Levenberg–Marquardt
+    """Refine all coefficients of a fitted ``solver`` at once against the pilot ``endpoint`` (the reference state
+    at σ = sigmas[−1], the last of the fit's targets) — the end-to-end objective Bespoke solvers train on
+    (Shaul et al. 2024) — instead of step by step: Levenberg–Marquardt
     (Marquardt 1963) with a forward-difference Jacobian, one pilot run per coefficient per iteration
     (``P · steps`` model calls, P = the number of coefficients, ≈ 9 per step at history 8).
 
@@ -284,7 +285,7 @@ def refine_end_to_end(model, x, sigmas, targets, solver: FittedSolver, extra_arg
 
     def endpoint_residual(vector):
         solver.coefficients = unflatten(vector)
-        return _run(model, x, grid, sigmas, extra_args, None, True, solver) - targets[-1]
+        return _run(model, x, grid, sigmas, extra_args, None, True, solver) - endpoint
 
     def rms(flat):
         return float(flat.pow(2).mean().sqrt())

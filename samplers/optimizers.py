@@ -170,9 +170,9 @@ def _secant_coefficients(numerator, denominator, h, step_ratio, limit, tiny):
 
 
 def _secant_coefficients_on_host(numerator, denominator, h, step_ratio, limit, tiny):
-    """:func:`_secant_coefficients` on lists of Python floats (float64), returning lists."""
+    """:func:`_secant_coefficients` in Python floats (float64) from the [B] tensors read to the host, as lists."""
     step, correction, negative_curvature = [], [], []
-    for num, den in zip(numerator, denominator):
+    for num, den in zip(numerator.tolist(), denominator.tolist()):
         z = min(max(num / max(den, tiny) * h, -limit), limit)
         phi1, phi2 = _phi_scalar(z)
         step.append(phi1 * h)
@@ -216,6 +216,9 @@ def sample_secant(model, x, sigmas, extra_args=None, callback=None, disable=None
     check_choice(variant, ("ab2", "euler"), who, "variant")
     limit = check_range(max_curvature_step, 0.0, 50.0, who, "max_curvature_step")
     grid, derivative = _setup(model, x, sigmas, extra_args, data_end_sigma, who)
+    tiny = torch.finfo(x.dtype).tiny
+    coefficients = (_secant_coefficients_on_host if x.device.type in HOST_COEFFICIENT_DEVICES
+                    else _secant_coefficients)
     previous = None
     for i in progress_range(len(grid) - 1, disable=disable):
         sigma, sigma_next = grid[i], grid[i + 1]
@@ -232,12 +235,7 @@ def sample_secant(model, x, sigmas, extra_args=None, callback=None, disable=None
             numerator = torch.linalg.vecdot(dd.reshape(dd.shape[0], -1), flat_dx)
             denominator = torch.linalg.vecdot(flat_dx, flat_dx)
             step_ratio = h * h / (sigma - grid[i - 1])
-            if x.device.type in HOST_COEFFICIENT_DEVICES:
-                step, correction, negative_curvature = _secant_coefficients_on_host(
-                    numerator.tolist(), denominator.tolist(), h, step_ratio, limit, torch.finfo(x.dtype).tiny)
-            else:
-                step, correction, negative_curvature = _secant_coefficients(
-                    numerator, denominator, h, step_ratio, limit, torch.finfo(x.dtype).tiny)
+            step, correction, negative_curvature = coefficients(numerator, denominator, h, step_ratio, limit, tiny)
             x_next = torch.addcmul(x, d, _per_sample(step, x))
             if variant == "ab2":
                 # N_k − N_{k−1} = (d_k − d_{k−1}) − λ (x_k − x_{k−1}) with the same clipped λ = z/h

@@ -169,7 +169,7 @@ def test_end_to_end_refinement_lowers_the_endpoint_error_and_generalizes():
     truth = pilot_reference(model, held_out, 1.0, rtol=1e-9, data_end_sigma=DATA_END_SIGMA)
     held_stepwise = rms(sample_fitted(model, held_out, grid, disable=True, solver=solver), truth)
     info = {}
-    refined = refine_end_to_end(model, pilot, grid, targets, solver, iterations=3, info=info)
+    refined = refine_end_to_end(model, pilot, grid, targets[-1], solver, iterations=3, info=info)
     assert refined is solver and 1 <= info["iterations"] <= 3
     assert info["error_before"] == pytest.approx(solver.info["error"], rel=1e-9)
     assert info["error"] < info["error_before"] and info["held_out"] < info["held_out_before"]
@@ -178,19 +178,17 @@ def test_end_to_end_refinement_lowers_the_endpoint_error_and_generalizes():
     held_refined = rms(sample_fitted(model, held_out, grid, disable=True, solver=solver), truth)
     assert held_refined < held_stepwise, (held_refined, held_stepwise)
     with pytest.raises(ValueError, match="fitted for the 4-step grid"):
-        refine_end_to_end(model, pilot, uniform(5), targets, solver)
+        refine_end_to_end(model, pilot, uniform(5), targets[-1], solver)
     with pytest.raises(ValueError, match="iterations"):
-        refine_end_to_end(model, pilot, grid, targets, solver, iterations=-1)
+        refine_end_to_end(model, pilot, grid, targets[-1], solver, iterations=-1)
 
 
 def test_end_to_end_refinement_stops_when_the_held_out_half_does_not_improve(problem):
-    """Targets = the solver's own trajectory (zero residual): no step can help, nothing is kept or changed."""
+    """Endpoint = the solver's own output (zero residual): no step can help, nothing is kept or changed."""
     grid = karras_sigmas(4, sigma_max=1.0, sigma_min=0.02, dtype=torch.float64)
     solver = FittedSolver(tuple(grid.tolist()), "data", 2, 3, True, [[0.1] + [0.0] * (1 + min(i, 2)) for i in range(4)])
-    states = []
-    end = sample_fitted(problem.model, problem.noise, grid, disable=True, solver=solver,
-                        callback=lambda payload: states.append(payload["x"]))
+    end = sample_fitted(problem.model, problem.noise, grid, disable=True, solver=solver)
     before = [list(c) for c in solver.coefficients]
     info = {}
-    refine_end_to_end(problem.model, problem.noise, grid, states[1:] + [end], solver, iterations=2, info=info)
+    refine_end_to_end(problem.model, problem.noise, grid, end, solver, iterations=2, info=info)
     assert info["iterations"] == 0 and info["error"] == 0 and solver.coefficients == before
