@@ -379,7 +379,11 @@ def _storage_bytes(tensors, seen) -> tuple[int, int]:
     return total, count
 
 
-BUFFER_FIELDS = ("_start", "_point", "_displacement", "_step_velocity", "_denoised")  # latent-sized; _sigma_grid is O(steps)
+BUFFER_FIELDS = ("_rows",)  # the recorder's latent-sized working memory (None after finish); _sigma_grid is O(steps)
+
+
+def _buffer_tensors(recorder) -> list:
+    return [getattr(recorder, f).all for f in BUFFER_FIELDS if getattr(recorder, f, None) is not None]
 
 
 def recorder_memory(work: Workload, name: str, step_counts, log):
@@ -394,7 +398,12 @@ def recorder_memory(work: Workload, name: str, step_counts, log):
     class CapturingRecorder(original):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
+            self.bench_working_bytes = 0
             captured.append(self)
+
+        def on_step(self, *args):
+            super().on_step(*args)
+            self.bench_working_bytes = max(self.bench_working_bytes, _storage_bytes(_buffer_tensors(self), set())[0])
 
     diagnostics.TrajectoryRecorder = CapturingRecorder
     process = psutil.Process()
@@ -418,17 +427,17 @@ def recorder_memory(work: Workload, name: str, step_counts, log):
             malloc_delta = (in_use() - malloc_before) if in_use else None
             recorder = captured[-1]
             seen = set()
-            buffers, _ = _storage_bytes(_tensors([getattr(recorder, f) for f in BUFFER_FIELDS]), seen)
+            buffers, _ = _storage_bytes(_buffer_tensors(recorder), seen)
             series_objects = [value for key, value in vars(recorder).items() if key not in BUFFER_FIELDS]
             series, count = _storage_bytes(_tensors(series_objects), seen)
             fields = [getattr(trajectory, f) for f in trajectory.__dataclass_fields__ if f != "extra"]
             traj_bytes, traj_count = _storage_bytes(_tensors(fields), set())
             latent_bytes = work.noise.numel() * work.noise.element_size()
             rows.append(dict(model=work.name, sampler=name, steps=steps, nfe=trajectory.nfe, latent_bytes=latent_bytes,
-                             buffers=buffers, series=series, series_tensors=count, trajectory=traj_bytes,
+                             buffers=buffers, working=recorder.bench_working_bytes, series=series, series_tensors=count, trajectory=traj_bytes,
                              trajectory_tensors=traj_count, rss_delta=rss_delta, malloc_delta=malloc_delta))
             log(f"  {work.name:>20} {name:<8} steps {steps:>4} NFE {trajectory.nfe:>4}: buffers {buffers:>10} B "
-                f"({buffers / latent_bytes:.1f} latents), series {series:>8} B in {count} tensors, "
+                f"({buffers / latent_bytes:.1f} latents; {recorder.bench_working_bytes / latent_bytes:.1f} while sampling), series {series:>8} B in {count} tensors, "
                 f"trajectory {traj_bytes:>8} B, allocated Δ {(malloc_delta or 0) / 1024:+.0f} KiB, "
                 f"RSS Δ {rss_delta / 2 ** 20:+.1f} MiB")
             del trajectory, recorder
@@ -668,18 +677,18 @@ def render(args, info, per_call_results, recording, hooks, memory, peaks, loop, 
     out.append("## Recorder memory vs steps\n")
     out.append("Bytes the recorder holds at the end of a recording, counted per unique tensor storage (the host "
                "object overhead of each retained small tensor is not included here, see allocated Δ; their count is "
-               "given): *buffers* are its latent-sized working tensors (start point, previous point, previous displacement, "
-               "step-start velocity, previous denoised; while sampling it also holds four reused working buffers, "
-               "dropped by `finish`), *series* the per-call/per-step scalar lists; *Trajectory* "
+               "given): *buffers* are its latent-sized working tensors still held after `finish`, *working* those held "
+               "while sampling (one tensor of nine latents in the accumulation dtype, allocated at the first model "
+               "call, released by `finish`), *series* the per-call/per-step scalar lists; *Trajectory* "
                "is the finished host record. *Allocated Δ*: bytes still allocated (glibc `mallinfo2`, exact) after "
                "the recording than before it, with the recorder and its Trajectory alive — everything the recording "
                "keeps, tensors and Python objects. RSS Δ is the process resident-set growth across the recording, "
                "read after `malloc_trim(0)` on both sides (rough: heap fragmentation stays in it).\n")
-    out.append("| model | sampler | steps | NFE | latent (B) | buffers (B) | series (B) | series tensors | "
+    out.append("| model | sampler | steps | NFE | latent (B) | working (B) | buffers (B) | series (B) | series tensors | "
                "Trajectory (B) | series B/step | allocated Δ (KiB) | RSS Δ (MiB) |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in memory:
-        out.append(f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['nfe']} | {r['latent_bytes']} | {r['buffers']} | "
+        out.append(f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['nfe']} | {r['latent_bytes']} | {r['working']} | {r['buffers']} | "
                    f"{r['series']} | {r['series_tensors']} | {r['trajectory']} | {r['series'] / r['steps']:.0f} | "
                    + (f"{r['malloc_delta'] / 1024:+.0f} | " if r.get("malloc_delta") is not None else "– | ")
                    + f"{r['rss_delta'] / 2 ** 20:+.1f} |")
@@ -805,9 +814,11 @@ def reading(per_call_results, recording, hooks, memory, loop) -> list[str]:
             first, last = rows[0], rows[-1]
             slope = (last["series"] - first["series"]) / (last["steps"] - first["steps"])
             buffers = {r["buffers"] for r in rows}
+            working = {r["working"] for r in rows}
             lines.append(f"- Recorder memory on {model}: series grow by {slope:.0f} B per step "
-                         f"({first['steps']}→{last['steps']} steps), buffers stay {max(buffers)} B "
-                         f"(= {max(buffers) / first['latent_bytes']:.1f} latents) independent of the step count: "
+                         f"({first['steps']}→{last['steps']} steps), buffers after `finish` stay {max(buffers)} B "
+                         f"(= {max(buffers) / first['latent_bytes']:.1f} latents), working memory while sampling "
+                         f"{max(working) / first['latent_bytes']:.1f} latents, independent of the step count: "
                          "O(steps) floats plus a constant number of latents, not O(steps × latent)."
                          + (f" Everything the recording keeps, Python and tensor objects included (allocated Δ), grows "
                             f"by {(last['malloc_delta'] - first['malloc_delta']) / (last['steps'] - first['steps']) / 1024:.2f} KiB "

@@ -3,10 +3,10 @@
 A :class:`TrajectoryRecorder` is fed by two hooks that exist for *every* ComfyUI sampler: each model call
 (x, σ, denoised) and each step callback (i, x, denoised). It never changes a tensor it is given, so sampling
 with and without recording is bit-identical. By default it keeps only per-call / per-step scalars, as
-device tensors, plus five latent-sized buffers (start point, previous point, previous displacement,
-previous step-start velocity, previous denoised) and, while sampling, four latent-sized working buffers
-that the hooks reuse instead of allocating temporaries; the scalars are copied to the host once, in
-:meth:`finish`, which also drops the working buffers.
+device tensors; while sampling it also holds nine latents of working memory in one tensor, allocated at the
+first call, which the hooks write into instead of allocating temporaries (latents of half precision are
+held in float32). The scalars are copied to the host once, in :meth:`finish`, which releases the working
+memory: a finished recording holds O(steps) numbers, nothing latent-sized (unless latents are recorded).
 
 Common parameterization (MISSION.md): flow models are recorded as they are (``t = σ``); VE models
 (EPS/V/EDM in ComfyUI's sampler space, ``x = x0 + σ_ve ε``) are converted to flow time
@@ -34,7 +34,9 @@ DEFAULT_MAX_LATENTS = 64
 
 
 def flatten_batch(x: torch.Tensor) -> torch.Tensor:
-    """[B, ...] (or a nested tensor of several [B, ...] latents) → [B, features]."""
+    """[B, ...] (or a nested tensor of several [B, ...] latents) → [B, features], without autograd history."""
+    if x.requires_grad:
+        x = x.detach()
     if getattr(x, "is_nested", False):
         return torch.cat([part.reshape(part.shape[0], -1) for part in x.unbind()], dim=1)
     return x.reshape(x.shape[0], -1)
@@ -45,20 +47,17 @@ def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _empty(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.empty(like.shape, dtype=dtype, device=like.device)
-
-
 def _norm(flat: torch.Tensor) -> torch.Tensor:
-    """Per-sample Euclidean norm [B], accumulated in :func:`accumulation_dtype` (one kernel)."""
-    return torch.linalg.vector_norm(flat, dim=1, dtype=accumulation_dtype(flat))
+    """Euclidean norm over the last dimension ([B, d] → [B], [k, B, d] → [k, B]), accumulated in
+    :func:`accumulation_dtype` (one kernel)."""
+    return torch.linalg.vector_norm(flat, dim=-1, dtype=accumulation_dtype(flat))
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     acc = accumulation_dtype(a)
     if a.dtype != acc:
         a, b = a.to(acc), b.to(acc)
-    return torch.linalg.vecdot(a, b, dim=1)
+    return torch.linalg.vecdot(a, b, dim=-1)
 
 
 @dataclass
@@ -140,12 +139,54 @@ def straightness(trajectory: Trajectory) -> dict:
     }
 
 
+@dataclass
+class _Parity:
+    """Views of one parity's rows in the recorder's working tensor (see :class:`_Rows`)."""
+    velocity: torch.Tensor
+    segment: torch.Tensor
+    step_block: torch.Tensor  # the step's change, velocity and segment rows, adjacent
+    call_block: torch.Tensor  # a call's x_flow − D and drift rows, adjacent
+    drift: torch.Tensor
+    velocity_only: torch.Tensor  # [1, B, d] view of ``velocity`` (first step: nothing else to normalize)
+    rolled: bool  # the blocks hold their rows rolled by one against (change, velocity, segment) / (velocity, drift)
+    other: "_Parity | None" = None
+
+
+class _Rows:
+    """The recorder's latent-sized working memory: one ``[9, B, d]`` tensor in the accumulation dtype, with the
+    views the hooks use made once (indexing a tensor is itself a dispatched operation).
+
+    Layout ``[V_B, D_B, X, V_A, D_A, START, P_1, P_2, DENOISED]``. A step writes the parity (A or B) the previous
+    step did not — the other still holds the previous velocity and displacement — and normalizes its change,
+    velocity and displacement rows with one call: rows 2:5 for A, 0:3 for B. X holds a model call's x_flow − D
+    until the step reads it, then the velocity change; the call's D − D_prev goes into the free parity's row
+    next to X (V_A or D_B), so one norm covers both. The first point stays in START (for the chord), later
+    points alternate between P_1 and P_2; DENOISED keeps the previous call's D for the drift.
+    """
+
+    def __init__(self, like: torch.Tensor):
+        self.all = torch.empty((9,) + tuple(like.shape), dtype=accumulation_dtype(like), device=like.device)
+        v_b, d_b, self.x, v_a, d_a, self.start, p_1, p_2, self.denoised = self.all.unbind(0)
+        self.points = (self.start, p_1, p_2)
+        self.x_only = self.all[2:3]
+        a = _Parity(v_a, d_a, self.all[2:5], self.all[2:4], v_a, self.all[3:4], rolled=False)
+        b = _Parity(v_b, d_b, self.all[0:3], self.all[1:3], d_b, self.all[0:1], rolled=True)
+        a.other, b.other = b, a
+        self.first = a
+
+
 class TrajectoryRecorder:
     """Feed with :meth:`on_model_call` and :meth:`on_step`, close with :meth:`finish`.
 
-    The hooks do the fewest tensor operations they can (a norm or dot product per statistic, ~10 small ops
-    per step on one model call) and keep raw norms and dots; divisions by √d, by Δt and between norms are
-    done once, vectorized, in :meth:`finish` — on a 2 ms model call the hooks are otherwise what shows.
+    On a 2–3 ms model call the recorder's own work is what shows, so the hooks do as few tensor operations as
+    they can: every latent-sized intermediate lives in one pre-allocated tensor (:class:`_Rows`) whose rows
+    are laid out so that the quantities needing a norm are adjacent and one ``vector_norm`` covers them — per
+    model call ``x_flow − D`` and ``D − D_prev`` (one norm) and a copy of ``D``; per step the point, the
+    velocity, the velocity change and the displacement (one norm) and one dot product. When the step callback
+    reports the latest model call's own input and output (k-diffusion samplers call back right after a step's
+    first call), the step velocity is that call's ``(x_flow − D)/t``, already in a row. Raw norms and dots are
+    kept; divisions by √d, by Δt and between norms happen once, vectorized, in :meth:`finish`, which also
+    releases the working tensor.
     """
 
     def __init__(self, flow: bool, sigmas, label: str = "", record_latents: bool = False,
@@ -155,57 +196,72 @@ class TrajectoryRecorder:
         self.label = label
         self.record_latents = record_latents
         self.max_latents = max_latents
-        # per call: flow time [B], ‖x_flow − D‖ [B], ‖D_k − D_{k−1}‖ [B], step index
-        self.calls_t, self.calls_velocity_norm, self.calls_drift_norm, self.calls_step = [], [], [], []
-        # per step: ‖v‖ at the step start, ‖v_i − v_{i−1}‖, ‖x_i − x_{i+1}‖, ⟨x_{i−1} − x_i, x_i − x_{i+1}⟩
-        self.step_velocity_norm, self.velocity_change_norm, self.segment_norm, self.segment_dot = [], [], [], []
-        self.point_sigma: list[torch.Tensor] = []  # 0-d device tensors: no host sync while sampling
+        # per call: σ as the model got it, step index; the first call's ‖x_flow − D‖ [1, B], then per call
+        # [‖x_flow − D‖, ‖D_k − D_{k−1}‖] [2, B] (rows rolled by one where the flag says so)
+        self.calls_sigma, self.calls_step = [], []
+        self.first_call_norm, self.call_norms, self.call_rolled = None, [], []
+        # per step: the first step's ‖v‖ [1, B], then [‖v_{i−1} − v_i‖, ‖v_i‖, ‖x_{i−1} − x_i‖] [3, B] (rolled
+        # by one where flagged); ⟨x_{i−1} − x_i, x_i − x_{i+1}⟩ [B]
+        self.first_step_norm, self.step_norms, self.step_rolled, self.segment_dot = None, [], [], []
+        self.point_sigma: list[torch.Tensor] = []  # σ of each recorded point, 0-d device tensors: no host sync
         self.latents = []
-        self._recent_calls = deque(maxlen=8)  # (id, data_ptr, σ tensor, call index) of recent denoised outputs
+        # recent calls: (id, data_ptr) of the denoised output, σ tensor, call index, (id, data_ptr) of x
+        self._recent_calls = deque(maxlen=8)
         self.current_step = 0
-        self._start = self._point = self._displacement = self._step_velocity = self._denoised = None
+        self._rows: _Rows | None = None
         self._dim = self._batch = None
         self._sigma_grid = None
-        self._call_work = self._spare_point = self._spare_velocity = self._spare_displacement = None
+        self._previous: _Parity | None = None  # rows holding the previous step's velocity and displacement
+        self._point_count = 0
+        self._chord_sq = None
 
     # -- conversions --------------------------------------------------------------------------------
     def _t(self, sigma: torch.Tensor) -> torch.Tensor:
         return sigma if self.flow else sigma / (1 + sigma)
 
-    # -- hooks ----------------------------------------------------------------------------------------
-    # The hooks write into latent-sized buffers they own and reuse, one spare per role, instead of allocating
-    # temporaries on every call: on large CPU latents each fresh allocation costs page faults.
-    def on_model_call(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
-        sigma = sigma.reshape(-1).to(device=x.device, dtype=accumulation_dtype(x))
-        if sigma.numel() == 1:
-            sigma = sigma.expand(x.shape[0])
-        flat, flat_denoised = flatten_batch(x.detach()), flatten_batch(denoised)
-        work = self._call_work
-        if work is None:
-            work = self._call_work = _empty(flat, self._flow_dtype(flat, sigma, flat_denoised))
-        if self.flow:
-            torch.sub(flat, flat_denoised, out=work)
-        else:
-            torch.div(flat, (1 + sigma).reshape(-1, 1), out=work).sub_(flat_denoised)
-        self.calls_t.append(self._t(sigma))
-        self.calls_velocity_norm.append(_norm(work))  # ÷ t in finish
-        if self._denoised is None:
-            self.calls_drift_norm.append(None)
-            self._denoised = flat_denoised.detach().clone()
-        else:
-            self.calls_drift_norm.append(_norm(torch.sub(flat_denoised, self._denoised, out=work)))
-            self._denoised.copy_(flat_denoised)
-        self.calls_step.append(self.current_step)
-        self._recent_calls.append((id(denoised), denoised.data_ptr(), sigma, len(self.calls_step) - 1))
+    def _buffers(self, flat: torch.Tensor) -> _Rows:
+        if self._rows is None:
+            self._batch, self._dim = flat.shape
+            self._rows = _Rows(flat)
+        return self._rows
 
-    def _sigma_of_step(self, i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
-        """Where the sampler really evaluated (σ̂ with churn, adaptive σ): the call that produced this
-        denoised. That call and the ones after it belong to step i (callbacks follow a step's first call)."""
-        for ident, pointer, sigma, index in reversed(self._recent_calls):
-            if ident == id(denoised) and pointer == denoised.data_ptr():
+    def _write_flow_point(self, out: torch.Tensor, flat: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.flow:
+            return out.copy_(flat)
+        return torch.div(flat, (1 + sigma).reshape(-1, 1), out=out)
+
+    # -- hooks ----------------------------------------------------------------------------------------
+    def on_model_call(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
+        flat, flat_denoised = flatten_batch(x), flatten_batch(denoised)
+        rows = self._buffers(flat)
+        if sigma.dim() != 1:
+            sigma = sigma.reshape(-1)
+        if sigma.dtype != rows.all.dtype or sigma.device != rows.all.device:
+            sigma = sigma.to(device=rows.all.device, dtype=rows.all.dtype)
+        self._write_flow_point(rows.x, flat, sigma).sub_(flat_denoised)
+        if self.calls_step:
+            free = rows.first if self._previous is None else self._previous.other
+            torch.sub(flat_denoised, rows.denoised, out=free.drift)
+            self.call_norms.append(_norm(free.call_block))  # ÷ t in finish
+            self.call_rolled.append(free.rolled)
+        else:
+            self.first_call_norm = _norm(rows.x_only)
+        rows.denoised.copy_(flat_denoised)
+        self.calls_sigma.append(sigma)
+        self.calls_step.append(self.current_step)
+        self._recent_calls.append(((id(denoised), denoised.data_ptr()), sigma, len(self.calls_step) - 1,
+                                   (id(x), x.data_ptr())))
+
+    def _call_of_step(self, i: int, x: torch.Tensor, denoised: torch.Tensor):
+        """(σ, index) of the model call made at this very ``x`` that produced this ``denoised`` — where the
+        sampler really evaluated (σ̂ with churn) — or None. The call that produced ``denoised`` (at this x or
+        not: a look-ahead) and the ones after it belong to step i (callbacks follow a step's first call)."""
+        output = (id(denoised), denoised.data_ptr())
+        for produced, sigma, index, given in reversed(self._recent_calls):
+            if produced == output:
                 self.calls_step[index:] = [i] * (len(self.calls_step) - index)
-                return sigma[0]
-        return self._grid(x)[i]
+                return (sigma, index) if given == (id(x), x.data_ptr()) else None
+        return None
 
     def _grid(self, like: torch.Tensor) -> torch.Tensor:
         if self._sigma_grid is None:  # one host→device copy per recording, not one per step
@@ -216,66 +272,67 @@ class TrajectoryRecorder:
         """The step callback: ``x`` is the point at the start of step ``i`` (σ = sigmas[i])."""
         if i >= len(self.sigmas) - 1:
             return
-        sigma = self._sigma_of_step(i, x, denoised).to(accumulation_dtype(x))
-        point, t = self._owned_flow_point(x, sigma), self._t(sigma)
-        flat_denoised = flatten_batch(denoised)
-        velocity = self._spare_velocity
-        if velocity is None:
-            velocity = _empty(point, torch.promote_types(torch.result_type(point, flat_denoised), t.dtype))
-        torch.sub(point, flat_denoised, out=velocity).div_(t.reshape(-1, 1))
-        previous = self._step_velocity
-        if previous is not None:
-            self.velocity_change_norm.append(_norm(previous.sub_(velocity)))  # ‖v_{i−1} − v_i‖ = ‖v_i − v_{i−1}‖
-        self._spare_velocity = previous
-        self.step_velocity_norm.append(_norm(velocity))
-        self._step_velocity = velocity
-        self._advance(point, t, sigma)
+        call = self._call_of_step(i, x, denoised)
+        sigma = call[0] if call is not None else self._grid(x)[i:i + 1]
+        flat = flatten_batch(x)
+        rows = self._buffers(flat)
+        previous = self._previous
+        current = rows.first if previous is None else previous.other
+        point = self._next_point(flat, sigma)
+        t = self._t(sigma).reshape(-1, 1)
+        if call is not None and call[1] == len(self.calls_step) - 1:
+            torch.div(rows.x, t, out=current.velocity)  # the latest call's x_flow − D, at this very x
+        else:
+            torch.sub(point, flatten_batch(denoised), out=current.velocity).div_(t)
+        if previous is None:
+            self.first_step_norm = _norm(current.velocity_only)
+        else:
+            torch.sub(previous.velocity, current.velocity, out=rows.x)  # v_{i−1} − v_i
+            torch.sub(rows.points[self._previous_point_index()], point, out=current.segment)
+            self.step_norms.append(_norm(current.step_block))
+            self.step_rolled.append(current.rolled)
+            if len(self.step_norms) > 1:
+                self.segment_dot.append(_dot(current.segment, previous.segment))
+        self._previous = current
+        self.point_sigma.append(sigma[0])
+        self._keep_latent(sigma, point)
         self.current_step = i  # later calls belong to step i until the next callback claims its first call
 
-    def _flow_dtype(self, flat: torch.Tensor, sigma: torch.Tensor, other: torch.Tensor | None = None):
-        """dtype of x_flow (and of x_flow − other) as the out-of-place expressions would produce it."""
-        dtype = flat.dtype if self.flow else torch.result_type(flat, (1 + sigma).reshape(-1, 1))
-        return dtype if other is None else torch.promote_types(dtype, other.dtype)
+    def _point_index(self, count: int) -> int:
+        """Row (in ``_Rows.points``) of the ``count``-th point: the first stays in START, later ones alternate."""
+        return 0 if count == 0 else 1 + (count - 1) % 2
 
-    def _owned_flow_point(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """x_flow [B, d] in a buffer of the recorder's own (the sampler may later write into ``x`` in place)."""
-        flat = flatten_batch(x.detach())
-        point, self._spare_point = self._spare_point, None
-        if point is None:
-            point = _empty(flat, self._flow_dtype(flat, sigma))
-        if self.flow:
-            return point.copy_(flat)
-        return torch.div(flat, (1 + sigma).reshape(-1, 1), out=point)
+    def _previous_point_index(self) -> int:
+        return self._point_index(self._point_count - 2)
 
-    def _advance(self, point: torch.Tensor, t: torch.Tensor, sigma: torch.Tensor) -> None:
-        """Move the path to ``point`` (an owned buffer)."""
-        if self._dim is None:
-            self._batch, self._dim = point.shape
-        if self._point is None:
-            self._start = point
-        else:
-            displacement = self._spare_displacement
-            if displacement is None:
-                displacement = torch.empty_like(point)
-            torch.sub(self._point, point, out=displacement)
-            self.segment_norm.append(_norm(displacement))
-            if self._displacement is not None:
-                self.segment_dot.append(_dot(displacement, self._displacement))
-            self._spare_displacement, self._displacement = self._displacement, displacement
-            if self._point is not self._start:
-                self._spare_point = self._point
-        self._point = point
-        self.point_sigma.append(sigma)
+    def _next_point(self, flat: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x_flow in the recorder's own row (the sampler may later change ``x`` in place)."""
+        out = self._rows.points[self._point_index(self._point_count)]
+        self._point_count += 1
+        return self._write_flow_point(out, flat, sigma)
+
+    def _keep_latent(self, sigma: torch.Tensor, point: torch.Tensor) -> None:
         if self.record_latents and len(self.latents) < self.max_latents:
-            self.latents.append((t, point.clone()))
+            self.latents.append((self._t(sigma.reshape(-1)[0]), point.clone()))
 
     def finish(self, x_final: torch.Tensor, interrupted: bool = False) -> Trajectory:
         """Close the path at the sampler's output (σ = sigmas[−1]), copy everything to the host once and turn
         the raw norms and dots into the per-dimension statistics of :class:`Trajectory`."""
-        if self._point is not None and not interrupted:
-            sigma = self._grid(x_final)[-1]
-            self._advance(self._owned_flow_point(x_final, sigma), self._t(sigma), sigma)
-        self._call_work = self._spare_point = self._spare_velocity = self._spare_displacement = None
+        final_norm = final_dot = None
+        if self._previous is not None and not interrupted:
+            sigma = self._grid(x_final)[-1:]
+            point = self._next_point(flatten_batch(x_final), sigma)
+            segment = torch.sub(self._rows.points[self._previous_point_index()], point,
+                                out=self._previous.other.segment)
+            final_norm = _norm(segment)
+            if self.step_norms:
+                final_dot = _dot(segment, self._previous.segment)
+            self.point_sigma.append(sigma[0])
+            self._keep_latent(sigma, point)
+        if self._point_count:
+            last = self._rows.points[self._point_index(self._point_count - 1)]
+            self._chord_sq = (self._rows.start - last).pow(2).mean(dim=1).double().cpu()
+        self._rows = self._previous = None
         batch = self._batch or x_final.shape[0]
         dim = self._dim or flatten_batch(x_final).shape[1]
         root_dim = math.sqrt(dim)
@@ -284,26 +341,53 @@ class TrajectoryRecorder:
         def stack(values):
             return torch.stack(values).double().cpu() if values else empty.clone()
 
-        chord_sq = ((self._start - self._point).to(accumulation_dtype(self._start)).pow(2).mean(dim=1).double().cpu()
-                    if self._start is not None else torch.zeros(batch, dtype=torch.float64))
+        change, step_velocity, segment = _unrolled(self.step_norms, self.step_rolled, 3, batch)
+        if self.first_step_norm is not None:
+            step_velocity = torch.cat([self.first_step_norm.double().cpu(), step_velocity])
+        call_velocity, drift = _unrolled(self.call_norms, self.call_rolled, 2, batch)
+        if self.first_call_norm is not None:
+            call_velocity = torch.cat([self.first_call_norm.double().cpu(), call_velocity])
+            drift = torch.cat([torch.zeros(1, batch, dtype=torch.float64), drift])
+        dots = stack(self.segment_dot)
+        if final_norm is not None:
+            segment = torch.cat([segment, final_norm.double().cpu()[None]])
+            if final_dot is not None:
+                dots = torch.cat([dots, final_dot.double().cpu()[None]])
+        chord_sq = self._chord_sq if self._chord_sq is not None else torch.zeros(batch, dtype=torch.float64)
         points = (torch.stack(self.point_sigma).double().cpu() if self.point_sigma
                   else torch.zeros(0, dtype=torch.float64))
         t = points if self.flow else points / (1 + points)
         dt = (t[:-1] - t[1:])[:, None]
-        segment = stack(self.segment_norm)
-        change = stack(self.velocity_change_norm)
         norms = segment.clamp_min(torch.finfo(torch.float64).tiny)
-        drift = [torch.zeros_like(self.calls_velocity_norm[0]) if d is None else d for d in self.calls_drift_norm]
-        call_t = stack(self.calls_t)
+        call_sigma = _stacked_sigmas(self.calls_sigma, batch)
+        call_t = call_sigma if self.flow else call_sigma / (1 + call_sigma)
         return Trajectory(
             parameterization="flow" if self.flow else "ve→flow", label=self.label, dim=dim, batch=batch,
             status="interrupted" if interrupted else "complete", t=t, sigma=points,
-            step_velocity_rms=stack(self.step_velocity_norm) / root_dim,
+            step_velocity_rms=step_velocity / root_dim,
             secant_sq=(segment / dt[:len(segment)]).pow(2) / dim,
             segment_length=segment / root_dim,
-            turn_cos=stack(self.segment_dot) / (norms[1:] * norms[:-1]),
+            turn_cos=dots / (norms[1:] * norms[:-1]),
             local_error=0.5 * dt[:len(change)] * change / root_dim,
-            chord_sq=chord_sq, call_t=call_t, call_velocity_rms=stack(self.calls_velocity_norm) / call_t / root_dim,
-            call_x0_drift_rms=stack(drift) / root_dim,
+            chord_sq=chord_sq, call_t=call_t, call_velocity_rms=call_velocity / call_t / root_dim,
+            call_x0_drift_rms=drift / root_dim,
             call_step=torch.tensor(self.calls_step, dtype=torch.long),
             latents=[(float(t), latent.cpu()) for t, latent in self.latents])
+
+
+def _unrolled(blocks: list, rolled: list, rows: int, batch: int) -> tuple:
+    """[k, B] norm blocks (some with rows rolled by one) → one host float64 [len, B] tensor per row."""
+    if not blocks:
+        return (torch.zeros(0, batch, dtype=torch.float64),) * rows
+    stacked = torch.stack(blocks).double().cpu()
+    flags = torch.tensor(rolled)[:, None, None]
+    return torch.where(flags, stacked.roll(1, dims=1), stacked).unbind(1)
+
+
+def _stacked_sigmas(sigmas: list, width: int) -> torch.Tensor:
+    """σ tensors of shape [B] or [1] (as the model got them) → host float64 [len, width]."""
+    if not sigmas:
+        return torch.zeros(0, width, dtype=torch.float64)
+    if all(s.shape == sigmas[0].shape for s in sigmas):
+        return torch.stack(sigmas).double().cpu()[:, :width].expand(-1, width)
+    return torch.stack([s[:width].expand(width) for s in sigmas]).double().cpu()

@@ -133,15 +133,21 @@ def test_default_recording_memory_is_o_steps_not_o_latents(mixture):
 
 
 @pytest.mark.parametrize("flow", [True, False])
-def test_hooks_reuse_their_latent_sized_buffers(mixture, flow):
-    """After the first steps the hooks allocate no latent-sized tensor: the working buffers rotate among a fixed
-    set (start, point ×2, displacement ×2, velocity ×2, denoised, call scratch), whatever the step count."""
+def test_hooks_work_in_one_preallocated_tensor_and_finish_releases_it(mixture, flow):
+    """The hooks allocate their latent-sized working memory once (one [9, B, d] tensor, whatever the step count)
+    and write nothing latent-sized anywhere else; after finish the recorder keeps no latent-sized tensor."""
     sigmas = torch.linspace(0.9, 0.05, 41, dtype=torch.float64)
     recorder = TrajectoryRecorder(flow, sigmas)
     noise = torch.randn(3, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    storages = {}  # data_ptr → tensor: kept alive, so a freed and reallocated buffer cannot reuse an address
-    fields = ("_start", "_point", "_displacement", "_step_velocity", "_denoised", "_call_work",
-              "_spare_point", "_spare_velocity", "_spare_displacement")
+    working = set()
+
+    def latent_sized(obj):
+        found = []
+        if isinstance(obj, torch.Tensor):
+            found = [obj] if obj.dim() >= 2 and obj.shape[-1] == noise.shape[1] else []  # [.., d]
+        elif isinstance(obj, (list, tuple)) or type(obj).__name__ == "deque":
+            found = [t for item in obj for t in latent_sized(item)]
+        return found
 
     def denoiser(x, sigma, **_):
         denoised = mixture.denoised(x, sigma)
@@ -150,13 +156,46 @@ def test_hooks_reuse_their_latent_sized_buffers(mixture, flow):
 
     def on_step(info):
         recorder.on_step(info["i"], info["x"], info["denoised"])
-        for name in fields:
-            buffer = getattr(recorder, name, None)
-            if buffer is not None:
-                storages[buffer.data_ptr()] = buffer
+        working.add(recorder._rows.all.data_ptr())
+        assert recorder._rows.all.shape == (9, 3, 6)
+        assert all(not latent_sized(value) for name, value in vars(recorder).items() if name != "_rows")
 
     out = sample_rk(denoiser, noise, sigmas, method="heun", callback=on_step)
     trajectory = recorder.finish(out)
     assert trajectory.steps == 40 and trajectory.nfe == 80
-    assert len(storages) <= 9, len(storages)
-    assert all(getattr(recorder, name) is None for name in fields[5:])  # finish drops the working buffers
+    assert len(working) == 1
+    assert all(not latent_sized(value) for value in vars(recorder).values())
+
+
+@pytest.mark.parametrize("method", ["euler", "nesterov"])
+def test_step_velocity_and_local_error_equal_the_velocities_at_the_recorded_points(mixture, method):
+    """Euler calls back with the latest model call's own x and D (the recorder reuses that call's x − D);
+    Nesterov reports its look-ahead D at another x (the recorder computes (x − D)/t from the callback). Both
+    must give ‖v‖ and the Heun–Euler local error of the model's velocities at the recorded points."""
+    from samplers.optimizers import sample_nesterov
+
+    noise = torch.randn(4, 6, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    sigmas = torch.linspace(0.95, 0.05, 10, dtype=torch.float64)
+    recorder = TrajectoryRecorder(True, sigmas, record_latents=True)
+    reported = []
+
+    def denoiser(x, sigma, **_):
+        denoised = mixture.denoised(x, sigma)
+        recorder.on_model_call(x, sigma, denoised)
+        return denoised
+
+    def on_step(info):
+        recorder.on_step(info["i"], info["x"], info["denoised"])
+        reported.append((info["x"].clone(), info["denoised"].clone(), float(sigmas[info["i"]])))
+
+    sampler = sample_rk if method == "euler" else sample_nesterov
+    options = {"method": "euler"} if method == "euler" else {}
+    out = sampler(denoiser, noise, sigmas, callback=on_step, **options)
+    trajectory = recorder.finish(out)
+    velocities = [(x - d) / t for x, d, t in reported]
+    expected_speed = torch.stack([v.norm(dim=1) for v in velocities]) / math.sqrt(6)
+    torch.testing.assert_close(trajectory.step_velocity_rms, expected_speed, rtol=1e-12, atol=0)
+    dt = sigmas[:-1] - sigmas[1:]
+    expected_error = torch.stack([0.5 * dt[i] * (velocities[i + 1] - velocities[i]).norm(dim=1)
+                                  for i in range(len(velocities) - 1)]) / math.sqrt(6)
+    torch.testing.assert_close(trajectory.local_error, expected_error, rtol=1e-12, atol=0)
