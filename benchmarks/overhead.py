@@ -50,6 +50,10 @@ DEMO_MODELS = ("digits-flow", "digits-diffusion", "analytic")
 LARGE = "analytic-16x128x128"
 QUICK_SAMPLERS = ("fs_euler", "fs_heun", "fs_rk4", "fs_ab3", "fs_dopri5")
 ADAPTIVE = ("fs_bosh3", "fs_dopri5")
+# Built-in samplers timed beside the pack's as a reference (no target): ComfyUI's own stochastic Euler draws a
+# noise latent per step, as the pack's SDE samplers do, so it shows what that draw costs any sampler.
+BUILTIN_REFERENCES = ("euler_ancestral",)
+STOCHASTIC = ("fs_langevin_pc", "fs_flow_sde", "fs_ddim")
 
 # Likely cause of a per-call cost above euler's, by sampler family (used in the generated reading).
 CAUSES = {
@@ -597,7 +601,8 @@ def render(args, info, per_call_results, recording, hooks, memory, peaks, loop, 
                f"torch {info['torch']}, ComfyUI {info['comfyui']}.\n")
     out.append("Method: ComfyUI's real `CFGGuider.sample` (CFG 3, cond+uncond batched in one model call) with "
                "samplers from `comfy.samplers.sampler_object`, `simple` schedule, "
-               f"{args.steps} steps, in one process under `torch.inference_mode()`. Each `fs_` sampler is timed "
+               f"{args.steps} steps, in one process under `torch.inference_mode()`. Each `fs_` sampler (and, "
+               "as a reference for the stochastic ones, ComfyUI's `euler_ancestral`) is timed "
                f"interleaved with `euler` ({args.repeats} repeats on the demo models; on {LARGE} 5 repeats at "
                f"{large_steps(args)} steps to bound the run time; order alternating "
                f"each repeat; within a repeat each side is the fastest of {args.best} back-to-back runs, of {min(args.best, 2)} on the large latent); *× euler* is the median of the per-repeat ratios of wall time per "
@@ -736,7 +741,7 @@ def reading(per_call_results, recording, hooks, memory, loop) -> list[str]:
         return 1 + (loop[name] - loop["euler"]) / (1e3 * base_ms) if name in loop and "euler" in loop else None
 
     for model, results in per_call_results.items():
-        fixed = [n for n in results if n != "euler" and n not in ADAPTIVE]
+        fixed = [n for n in results if n != "euler" and n not in ADAPTIVE and n not in BUILTIN_REFERENCES]
         meet = [n for n in fixed if results[n]["ratio"] <= TARGET_RATIO]
         miss = [n for n in fixed if results[n]["ratio"] > TARGET_RATIO]
         line = (f"- **{model}** ({results['euler']['ms_per_call']:.2f} ms per euler model call): "
@@ -767,7 +772,19 @@ def reading(per_call_results, recording, hooks, memory, loop) -> list[str]:
     if floor:
         lines.append("- Noise floor: `fs_euler` does the same arithmetic as `euler` (bit-identical output), so its "
                      "ratio shows what this machine's noise alone produces — " + ", ".join(floor) + ".")
-    over = [n for n in loop if n != "euler" and n not in ADAPTIVE and (predicted(n) or 0) > TARGET_RATIO]
+    references = [(model, results) for model, results in per_call_results.items() if "euler_ancestral" in results]
+    if references:
+        parts = []
+        for model, results in references:
+            reference = results["euler_ancestral"]["ratio"]
+            relative = ", ".join(f"`{n}` {results[n]['ratio'] / reference:.3f}" for n in STOCHASTIC if n in results)
+            parts.append(f"{model}: {reference:.3f}× euler" + (f" (the pack's SDE samplers relative to it: {relative})"
+                                                               if relative else ""))
+        lines.append("- Built-in reference `euler_ancestral` (ComfyUI's stochastic Euler: it draws a noise latent per "
+                     "step, as `fs_langevin_pc`, `fs_flow_sde` and `fs_ddim` do, so its ratio is what that draw costs "
+                     "any sampler; no target): " + "; ".join(parts) + ".")
+    over = [n for n in loop if n != "euler" and n not in ADAPTIVE and n not in BUILTIN_REFERENCES
+            and (predicted(n) or 0) > TARGET_RATIO]
     if over:
         lines.append("- Samplers whose own loop cost (free model) alone exceeds 3 % of a demo model call: "
                      + ", ".join(f"`{n}` (+{loop[n] - loop['euler']:.0f} µs/call, predicted {predicted(n):.3f}×)"
@@ -868,12 +885,12 @@ def main(argv=None):
 
     comfy.utils.PROGRESS_BAR_ENABLED = False  # as `main.py --disable-progress-bar`; record_sampling reads it
     samplers_module = pack_module("samplers")
-    names = QUICK_SAMPLERS if args.quick else tuple(samplers_module.SAMPLERS)
+    names = QUICK_SAMPLERS if args.quick else tuple(samplers_module.SAMPLERS) + BUILTIN_REFERENCES
     info = machine()
     log(f"machine: {info}")
 
     log("sampler loop cost with a free model")
-    loop = loop_cost(names, args.repeats, log)
+    loop = loop_cost(tuple(n for n in names if n not in BUILTIN_REFERENCES), args.repeats, log)  # needs a real model
     per_call_results = {}
     models = ("digits-flow",) if args.quick else DEMO_MODELS
     fixed = None

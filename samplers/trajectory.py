@@ -207,6 +207,7 @@ class TrajectoryRecorder:
         self.latents = []
         # recent calls: (id, data_ptr) of the denoised output, σ tensor, call index, (id, data_ptr) of x
         self._recent_calls = deque(maxlen=8)
+        self._call_in_x = None  # index of the call whose x_flow − D row X still holds (None once a step used X)
         self.current_step = 0
         self._rows: _Rows | None = None
         self._dim = self._batch = None
@@ -249,7 +250,8 @@ class TrajectoryRecorder:
         rows.denoised.copy_(flat_denoised)
         self.calls_sigma.append(sigma)
         self.calls_step.append(self.current_step)
-        self._recent_calls.append(((id(denoised), denoised.data_ptr()), sigma, len(self.calls_step) - 1,
+        self._call_in_x = len(self.calls_step) - 1
+        self._recent_calls.append(((id(denoised), denoised.data_ptr()), sigma, self._call_in_x,
                                    (id(x), x.data_ptr())))
 
     def _call_of_step(self, i: int, x: torch.Tensor, denoised: torch.Tensor):
@@ -280,14 +282,15 @@ class TrajectoryRecorder:
         current = rows.first if previous is None else previous.other
         point = self._next_point(flat, sigma)
         t = self._t(sigma).reshape(-1, 1)
-        if call is not None and call[1] == len(self.calls_step) - 1:
-            torch.div(rows.x, t, out=current.velocity)  # the latest call's x_flow − D, at this very x
+        if call is not None and call[1] == self._call_in_x:
+            torch.div(rows.x, t, out=current.velocity)  # that call's x_flow − D, at this very x
         else:
             torch.sub(point, flatten_batch(denoised), out=current.velocity).div_(t)
         if previous is None:
             self.first_step_norm = _norm(current.velocity_only)
         else:
             torch.sub(previous.velocity, current.velocity, out=rows.x)  # v_{i−1} − v_i
+            self._call_in_x = None
             torch.sub(rows.points[self._previous_point_index()], point, out=current.segment)
             self.step_norms.append(_norm(current.step_block))
             self.step_rolled.append(current.rolled)
