@@ -217,8 +217,8 @@ class FittedSolverSampler(io.ComfyNode):
                     io.Int.Input("refine_iterations", default=0, min=0, max=20, optional=True,
                                  tooltip="End-to-end refinement (0 = off): Levenberg–Marquardt on all coefficients "
                                          "against the pilot endpoint, checked on a held-out half of the pilot. "
-                                         "Each iteration costs ≈ 9 × steps² model calls (history 8): for ≤ 16 "
-                                         "steps.")],
+                                         "Each iteration costs ≈ 4.5 × steps² model calls (history 8): for ≤ 16 "
+                                         "steps on large models.")],
             outputs=[io.Sampler.Output(), io.String.Output(display_name="report"),
                      io.Sigmas.Output(display_name="sigmas")])
 

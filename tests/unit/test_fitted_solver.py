@@ -183,6 +183,34 @@ def test_end_to_end_refinement_lowers_the_endpoint_error_and_generalizes():
         refine_end_to_end(model, pilot, grid, targets[-1], solver, iterations=-1)
 
 
+def test_a_run_resumed_at_a_step_equals_the_whole_run_and_skips_the_model_calls_before_it(problem):
+    """The refinement's Jacobian restarts each perturbed run at the perturbed coefficient's step from a cached
+    run: bit-identical endpoints to running from the start, N − n model calls instead of N."""
+    from samplers.fitted_solver import _StepCache, _run
+
+    grid = karras_sigmas(6, sigma_max=1.0, sigma_min=0.02, dtype=torch.float64)
+    solver = FittedSolver(tuple(grid.tolist()), "data", 2, 3, True,
+                          [[0.05 * (i + 1)] + [0.01] * (1 + min(i, 2)) for i in range(6)])
+    calls = []
+
+    def counted(x, sigma, **kwargs):
+        calls.append(1)
+        return problem.model(x, sigma, **kwargs)
+
+    cache = _StepCache(counted, problem.noise, grid, grid, None, solver)
+    assert torch.equal(cache.endpoint, sample_fitted(problem.model, problem.noise, grid, disable=True, solver=solver))
+    for start in range(6):
+        moved = [list(c) for c in solver.coefficients]
+        moved[start][-1] += 1e-3
+        calls.clear()
+        resumed = cache.run_from(start, moved)
+        assert len(calls) == 6 - start - 1
+        whole = _run(problem.model, problem.noise, grid, grid, None, None, True,
+                     FittedSolver(solver.sigmas, "data", 2, 3, True, moved))
+        assert torch.equal(resumed, whole)
+        assert not torch.equal(resumed, cache.endpoint)
+
+
 def test_end_to_end_refinement_stops_when_the_held_out_half_does_not_improve(problem):
     """Endpoint = the solver's own output (zero residual): no step can help, nothing is kept or changed."""
     grid = karras_sigmas(4, sigma_max=1.0, sigma_min=0.02, dtype=torch.float64)
