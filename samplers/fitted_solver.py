@@ -181,9 +181,9 @@ def _run(model, x, grid, sigmas, extra_args, callback, disable, solver: FittedSo
 
 class _StepCache:
     """A run of the fitted solver that remembers, before each step's update, its state and model-output history
-    (references to tensors the run made anyway: ≈ 2 latents per step). A run whose coefficients differ from
-    step ``n`` on only can then start at step ``n`` — steps before it, and their model calls, are the same —
-    which halves the model calls of the refinement's Jacobian."""
+    (references to tensors the run made anyway — state, denoised, velocity: ≈ 3 latents per step). A run whose
+    coefficients differ from step ``n`` on only can then start at step ``n`` — steps before it, and their model
+    calls, are the same — which halves the model calls of the refinement's Jacobian."""
 
     def __init__(self, model, x, grid, sigmas, extra_args, solver: FittedSolver):
         self.model, self.grid, self.sigmas, self.extra_args, self.solver = model, grid, sigmas, extra_args, solver
