@@ -17,13 +17,20 @@ def mixture():
     return GaussianMixture.create(torch.randn(3, 6, generator=generator, dtype=torch.float64) * 1.5, 0.4)
 
 
-def record(mixture, noise, sigmas, method="rk4", flow=True, record_latents=False, model=None):
-    recorder = TrajectoryRecorder(flow, sigmas, label=method, record_latents=record_latents, max_latents=10_000)
+def recording_denoiser(recorder, denoise):
+    """``denoise`` as a k-diffusion model that reports every call to ``recorder``."""
 
     def denoiser(x, sigma, **_):
-        denoised = model(x, sigma) if model is not None else mixture.denoised(x, sigma)
+        denoised = denoise(x, sigma)
         recorder.on_model_call(x, sigma, denoised)
         return denoised
+
+    return denoiser
+
+
+def record(mixture, noise, sigmas, method="rk4", flow=True, record_latents=False, model=None):
+    recorder = TrajectoryRecorder(flow, sigmas, label=method, record_latents=record_latents, max_latents=10_000)
+    denoiser = recording_denoiser(recorder, model if model is not None else mixture.denoised)
 
     out = sample_rk(denoiser, noise, sigmas, method=method, data_end_sigma=DATA_END if flow else None,
                     callback=lambda info: recorder.on_step(info["i"], info["x"], info["denoised"]))
@@ -149,10 +156,7 @@ def test_hooks_work_in_one_preallocated_tensor_and_finish_releases_it(mixture, f
             found = [t for item in obj for t in latent_sized(item)]
         return found
 
-    def denoiser(x, sigma, **_):
-        denoised = mixture.denoised(x, sigma)
-        recorder.on_model_call(x, sigma, denoised)
-        return denoised
+    denoiser = recording_denoiser(recorder, mixture.denoised)
 
     def on_step(info):
         recorder.on_step(info["i"], info["x"], info["denoised"])
@@ -176,13 +180,10 @@ def test_step_velocity_and_local_error_equal_the_velocities_at_the_recorded_poin
 
     noise = torch.randn(4, 6, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     sigmas = torch.linspace(0.95, 0.05, 10, dtype=torch.float64)
-    recorder = TrajectoryRecorder(True, sigmas, record_latents=True)
+    recorder = TrajectoryRecorder(True, sigmas)
     reported = []
 
-    def denoiser(x, sigma, **_):
-        denoised = mixture.denoised(x, sigma)
-        recorder.on_model_call(x, sigma, denoised)
-        return denoised
+    denoiser = recording_denoiser(recorder, mixture.denoised)
 
     def on_step(info):
         recorder.on_step(info["i"], info["x"], info["denoised"])
