@@ -72,6 +72,13 @@ class _History:
         self.keep = max(order, history)
         self.sigmas, self.denoised, self.velocities = [], [], []
 
+    def snapshot(self) -> tuple:
+        """The history as it is now (list copies; the tensors are shared)."""
+        return list(self.sigmas), list(self.denoised), list(self.velocities)
+
+    def restore(self, snapshot: tuple) -> None:
+        self.sigmas, self.denoised, self.velocities = (list(values) for values in snapshot)
+
     def push(self, sigma: float, evaluation) -> None:
         for values, value in ((self.sigmas, sigma), (self.denoised, evaluation.denoised),
                               (self.velocities, evaluation.derivative)):
@@ -161,8 +168,10 @@ def least_squares_coefficients(features, target, ridges=RIDGES) -> list[float]:
     return _ridge_solution(gram, rhs, best).tolist()
 
 
-def _run(model, x, grid, sigmas, extra_args, callback, disable, solver: FittedSolver, targets=None):
-    """Sample with ``solver``'s coefficients, or (``targets`` given) fit them step by step into ``solver``."""
+def _run(model, x, grid, sigmas, extra_args, callback, disable, solver: FittedSolver, targets=None,
+         checkpoints=None):
+    """Sample with ``solver``'s coefficients, or (``targets`` given) fit them step by step into ``solver``;
+    ``checkpoints`` (a list) receives ``(x_n, history snapshot)`` before each step's update."""
     derivative = ModelDerivative(model, x, sigmas, extra_args, None)
     history = _History(solver.prediction, solver.order, solver.history, solver.denoise_end)
     if targets is not None:
@@ -175,6 +184,8 @@ def _run(model, x, grid, sigmas, extra_args, callback, disable, solver: FittedSo
             x_weight, terms = history.base_terms(grid[i + 1])
             base = _apply(x, x_weight, *zip(*terms))
             solver.coefficients.append(least_squares_coefficients(history.features(x), targets[i] - base))
+        if checkpoints is not None:
+            checkpoints.append((x, history.snapshot()))
         x = history.step(x, grid[i + 1], solver.coefficients[i])
     return x
 
@@ -187,21 +198,15 @@ class _StepCache:
 
     def __init__(self, model, x, grid, sigmas, extra_args, solver: FittedSolver):
         self.model, self.grid, self.sigmas, self.extra_args, self.solver = model, grid, sigmas, extra_args, solver
-        self.states, self.histories = [], []
-        derivative = ModelDerivative(model, x, sigmas, extra_args, None)
-        history = _History(solver.prediction, solver.order, solver.history, solver.denoise_end)
-        for i in range(len(grid) - 1):
-            history.push(grid[i], derivative(x, grid[i]))
-            self.states.append(x)
-            self.histories.append((list(history.sigmas), list(history.denoised), list(history.velocities)))
-            x = history.step(x, grid[i + 1], solver.coefficients[i])
-        self.endpoint = x
+        self.checkpoints = []
+        self.endpoint = _run(model, x, grid, sigmas, extra_args, None, True, solver, checkpoints=self.checkpoints)
 
     def run_from(self, start: int, coefficients: list):
         """The endpoint of a run with ``coefficients`` that equal the cached run's before step ``start``."""
+        state, snapshot = self.checkpoints[start]
         history = _History(self.solver.prediction, self.solver.order, self.solver.history, self.solver.denoise_end)
-        history.sigmas, history.denoised, history.velocities = (list(values) for values in self.histories[start])
-        x = history.step(self.states[start], self.grid[start + 1], coefficients[start])
+        history.restore(snapshot)
+        x = history.step(state, self.grid[start + 1], coefficients[start])
         derivative = ModelDerivative(self.model, x, self.sigmas, self.extra_args, None)
         for i in range(start + 1, len(self.grid) - 1):
             history.push(self.grid[i], derivative(x, self.grid[i]))
