@@ -214,7 +214,6 @@ class TrajectoryRecorder:
         self._sigma_grid = None
         self._previous: _Parity | None = None  # rows holding the previous step's velocity and displacement
         self._point_count = 0
-        self._chord_sq = None
 
     # -- conversions --------------------------------------------------------------------------------
     def _t(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -332,11 +331,12 @@ class TrajectoryRecorder:
                 final_dot = _dot(segment, self._previous.segment)
             self.point_sigma.append(sigma[0])
             self._keep_latent(sigma, point)
+        batch = self._batch or x_final.shape[0]
+        chord_sq = torch.zeros(batch, dtype=torch.float64)
         if self._point_count:
             last = self._rows.points[self._point_index(self._point_count - 1)]
-            self._chord_sq = (self._rows.start - last).pow(2).mean(dim=1).double().cpu()
+            chord_sq = (self._rows.start - last).pow(2).mean(dim=1).double().cpu()
         self._rows = self._previous = None
-        batch = self._batch or x_final.shape[0]
         dim = self._dim or flatten_batch(x_final).shape[1]
         root_dim = math.sqrt(dim)
         empty = torch.zeros(0, batch, dtype=torch.float64)
@@ -356,7 +356,6 @@ class TrajectoryRecorder:
             segment = torch.cat([segment, final_norm.double().cpu()[None]])
             if final_dot is not None:
                 dots = torch.cat([dots, final_dot.double().cpu()[None]])
-        chord_sq = self._chord_sq if self._chord_sq is not None else torch.zeros(batch, dtype=torch.float64)
         points = (torch.stack(self.point_sigma).double().cpu() if self.point_sigma
                   else torch.zeros(0, dtype=torch.float64))
         t = points if self.flow else points / (1 + points)
