@@ -3,10 +3,12 @@
 A :class:`TrajectoryRecorder` is fed by two hooks that exist for *every* ComfyUI sampler: each model call
 (x, σ, denoised) and each step callback (i, x, denoised). It never changes a tensor it is given, so sampling
 with and without recording is bit-identical. By default it keeps only per-call / per-step scalars, as
-device tensors; while sampling it also holds nine latents of working memory in one tensor, allocated at the
-first call, which the hooks write into instead of allocating temporaries (latents of half precision are
-held in float32). The scalars are copied to the host once, in :meth:`finish`, which releases the working
-memory: a finished recording holds O(steps) numbers, nothing latent-sized (unless latents are recorded).
+device tensors; while sampling it also holds a block of latents of working memory in one tensor, allocated at
+the first call (12 latents, up to 72 for small latents within 8 MiB; half precision is held in float32): the
+hooks only copy the model's inputs and outputs into it, and every 16 calls or steps (fewer for large latents)
+one batched pass reduces the block to norms and dots. The scalars are copied to the host once, in
+:meth:`finish`, which releases the working memory: a finished recording holds O(steps) numbers, nothing
+latent-sized (unless latents are recorded).
 
 Common parameterization (MISSION.md): flow models are recorded as they are (``t = σ``); VE models
 (EPS/V/EDM in ComfyUI's sampler space, ``x = x0 + σ_ve ε``) are converted to flow time
@@ -138,55 +140,70 @@ def straightness(trajectory: Trajectory) -> dict:
         "per_step_contribution": per_step.mean(1).tolist(),
     }
 
+DEFERRED_BUDGET_BYTES = 8 * 2**20  # working memory a recording may take to batch its work (at least 12 latents)
+MAX_BLOCK = 16  # model calls / steps whose quantities are reduced together
 
-@dataclass
-class _Parity:
-    """Views of one parity's rows in the recorder's working tensor (see :class:`_Rows`)."""
-    velocity: torch.Tensor
-    segment: torch.Tensor
-    step_block: torch.Tensor  # the step's change, velocity and segment rows, adjacent
-    call_block: torch.Tensor  # a call's x_flow − D and drift rows, adjacent
-    drift: torch.Tensor
-    velocity_only: torch.Tensor  # [1, B, d] view of ``velocity`` (first step: nothing else to normalize)
-    rolled: bool  # the blocks hold their rows rolled by one against (change, velocity, segment) / (velocity, drift)
-    other: "_Parity | None" = None
+
+def _sigma_column(sigmas: list) -> torch.Tensor:
+    """σ tensors of shape [1] or [B] → one [len, 1 or B, 1] tensor that broadcasts over [len, B, d] rows."""
+    shape = sigmas[0].shape
+    if all(s.shape == shape for s in sigmas):
+        return torch.stack(sigmas)[..., None]
+    width = max(s.shape[0] for s in sigmas)
+    return torch.stack([s if s.shape[0] == width else s.expand(width) for s in sigmas])[..., None]
+
+
+def _progression(indices: list):
+    """(start, stride) when the ints form an arithmetic progression with a positive stride (or are one int)."""
+    if len(indices) == 1:
+        return indices[0], 1
+    stride = indices[1] - indices[0]
+    if stride > 0 and all(b - a == stride for a, b in zip(indices, indices[1:])):
+        return indices[0], stride
+    return None
 
 
 class _Rows:
-    """The recorder's latent-sized working memory: one ``[9, B, d]`` tensor in the accumulation dtype, with the
-    views the hooks use made once (indexing a tensor is itself a dispatched operation).
+    """The recorder's latent-sized working memory: one ``[4F + 8, B, d]`` tensor in the accumulation dtype,
+    allocated at the first hook, in regions (views made once: indexing a tensor is itself a dispatched op):
 
-    Layout ``[V_B, D_B, X, V_A, D_A, START, P_1, P_2, DENOISED]``. A step writes the parity (A or B) the previous
-    step did not — the other still holds the previous velocity and displacement — and normalizes its change,
-    velocity and displacement rows with one call: rows 2:5 for A, 0:3 for B. X holds a model call's x_flow − D
-    until the step reads it, then the velocity change; the call's D − D_prev goes into the free parity's row
-    next to X (V_A or D_B), so one norm covers both. The first point stays in START (for the chord), later
-    points alternate between P_1 and P_2; DENOISED keeps the previous call's D for the drift.
+    ``start`` the path's first point (for the chord); ``denoised`` [F + 1] the block's model outputs D after
+    row 0, which carries the previous block's last; ``x`` [F + 2] the block's model inputs, turned into
+    x_flow − D by the flush and then used as its scratch; ``velocity`` [F + 1] the block's step velocities
+    after row 0 (the previous block's last); ``points`` [F + 3] the block's step points after rows 0–1 (the
+    previous block's last two), room for the final point.
+
+    F (the block) is :data:`MAX_BLOCK` for small latents, fewer where the tensor would pass
+    :data:`DEFERRED_BUDGET_BYTES`, at least 1: on large latents every operation is bandwidth-bound and
+    batching saves nothing, on small ones it replaces ~10 dispatched operations per step by ~1.
     """
 
     def __init__(self, like: torch.Tensor):
-        self.all = torch.empty((9,) + tuple(like.shape), dtype=accumulation_dtype(like), device=like.device)
-        v_b, d_b, self.x, v_a, d_a, self.start, p_1, p_2, self.denoised = self.all.unbind(0)
-        self.points = (self.start, p_1, p_2)
-        self.x_only = self.all[2:3]
-        a = _Parity(v_a, d_a, self.all[2:5], self.all[2:4], v_a, self.all[3:4], rolled=False)
-        b = _Parity(v_b, d_b, self.all[0:3], self.all[1:3], d_b, self.all[0:1], rolled=True)
-        a.other, b.other = b, a
-        self.first = a
+        dtype = accumulation_dtype(like)
+        latent_bytes = max(1, like.numel() * torch.empty((), dtype=dtype).element_size())
+        self.block = f = int(min(MAX_BLOCK, max(1, (DEFERRED_BUDGET_BYTES // latent_bytes - 8) // 4)))
+        self.all = torch.empty((4 * f + 8,) + tuple(like.shape), dtype=dtype, device=like.device)
+        self.start = self.all[0]
+        self.denoised = self.all[1:f + 2]
+        self.x = self.all[f + 2:2 * f + 4]
+        self.velocity = self.all[2 * f + 4:3 * f + 5]
+        self.points = self.all[3 * f + 5:4 * f + 8]
+        self.denoised_rows, self.x_rows = self.denoised.unbind(0), self.x.unbind(0)
+        self.velocity_rows, self.point_rows = self.velocity.unbind(0), self.points.unbind(0)
 
 
 class TrajectoryRecorder:
     """Feed with :meth:`on_model_call` and :meth:`on_step`, close with :meth:`finish`.
 
-    On a 2–3 ms model call the recorder's own work is what shows, so the hooks do as few tensor operations as
-    they can: every latent-sized intermediate lives in one pre-allocated tensor (:class:`_Rows`) whose rows
-    are laid out so that the quantities needing a norm are adjacent and one ``vector_norm`` covers them — per
-    model call ``x_flow − D`` and ``D − D_prev`` (one norm) and a copy of ``D``; per step the point, the
-    velocity, the velocity change and the displacement (one norm) and one dot product. When the step callback
-    reports the latest model call's own input and output (k-diffusion samplers call back right after a step's
-    first call), the step velocity is that call's ``(x_flow − D)/t``, already in a row. Raw norms and dots are
-    kept; divisions by √d, by Δt and between norms happen once, vectorized, in :meth:`finish`, which also
-    releases the working tensor.
+    On a 2–3 ms model call the recorder's own work is what shows, so the hooks only copy: a model call its
+    input and output into the next rows of a block (:class:`_Rows`), a step its point (and, when the callback
+    does not report the latest model call's own x and D, its x_flow − D). Every F calls or steps, and in
+    :meth:`finish`, one *flush* reduces the whole block with a few batched operations — x_flow − D and
+    D − D_prev per call, per step the velocity (the call's x_flow − D over t when the callback reported that
+    call, as k-diffusion samplers do right after a step's first call), its change, the displacement and the
+    dot of consecutive displacements — keeping raw norms and dots as [k, B] device tensors (no host sync).
+    Divisions by √d, by Δt and between norms happen once, vectorized, in :meth:`finish`, which also releases
+    the working tensor.
     """
 
     def __init__(self, flow: bool, sigmas, label: str = "", record_latents: bool = False,
@@ -196,24 +213,24 @@ class TrajectoryRecorder:
         self.label = label
         self.record_latents = record_latents
         self.max_latents = max_latents
-        # per call: σ as the model got it, step index; the first call's ‖x_flow − D‖ [1, B], then per call
-        # [‖x_flow − D‖, ‖D_k − D_{k−1}‖] [2, B] (rows rolled by one where the flag says so)
-        self.calls_sigma, self.calls_step = [], []
-        self.first_call_norm, self.call_norms, self.call_rolled = None, [], []
-        # per step: the first step's ‖v‖ [1, B], then [‖v_{i−1} − v_i‖, ‖v_i‖, ‖x_{i−1} − x_i‖] [3, B] (rolled
-        # by one where flagged); ⟨x_{i−1} − x_i, x_i − x_{i+1}⟩ [B]
-        self.first_step_norm, self.step_norms, self.step_rolled, self.segment_dot = None, [], [], []
+        self.calls_sigma, self.calls_step = [], []  # per call: σ as the model got it, step index
+        # [k, B] blocks of raw norms: per call ‖x_flow − D‖ and ‖D_k − D_{k−1}‖ (none for the first call), per
+        # step ‖v_i‖ and ‖v_{i−1} − v_i‖, per segment ‖x_i − x_{i+1}‖, per pair of segments their dot
+        self.call_norms, self.drift_norms = [], []
+        self.velocity_norms, self.change_norms, self.segment_norms, self.segment_dots = [], [], [], []
         self.point_sigma: list[torch.Tensor] = []  # σ of each recorded point, 0-d device tensors: no host sync
         self.latents = []
-        # recent calls: (id, data_ptr) of the denoised output, σ tensor, call index, (id, data_ptr) of x
+        # recent calls: (id, data_ptr) of the denoised output, σ, call index, (id, data_ptr) of x, block, row
         self._recent_calls = deque(maxlen=8)
-        self._call_in_x = None  # index of the call whose x_flow − D row X still holds (None once a step used X)
         self.current_step = 0
         self._rows: _Rows | None = None
         self._dim = self._batch = None
         self._sigma_grid = None
-        self._previous: _Parity | None = None  # rows holding the previous step's velocity and displacement
-        self._point_count = 0
+        self._block = 0  # counts flushes: a call's rows belong to the block it was written in
+        self._pending_calls = 0
+        self._pending_steps = []  # (σ, x row of the step's model call or None) per step point of the block
+        self._carried_points = 0  # rows 0–1 of ``points`` hold this many previous points (≤ 2)
+        self._velocity_carried = self._denoised_carried = self._start_written = False
 
     # -- conversions --------------------------------------------------------------------------------
     def _t(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -225,49 +242,40 @@ class TrajectoryRecorder:
             self._rows = _Rows(flat)
         return self._rows
 
-    def _write_flow_point(self, out: torch.Tensor, flat: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if self.flow:
-            return out.copy_(flat)
-        return torch.div(flat, (1 + sigma).reshape(-1, 1), out=out)
+    def _grid(self, like: torch.Tensor) -> torch.Tensor:
+        if self._sigma_grid is None:  # one host→device copy per recording, not one per step
+            self._sigma_grid = torch.tensor(self.sigmas, dtype=accumulation_dtype(like), device=like.device)
+        return self._sigma_grid
 
     # -- hooks ----------------------------------------------------------------------------------------
     def on_model_call(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
         flat, flat_denoised = flatten_batch(x), flatten_batch(denoised)
         rows = self._buffers(flat)
+        if self._pending_calls == rows.block:
+            self._flush()
         if sigma.dim() != 1:
             sigma = sigma.reshape(-1)
         if sigma.dtype != rows.all.dtype or sigma.device != rows.all.device:
             sigma = sigma.to(device=rows.all.device, dtype=rows.all.dtype)
-        self._write_flow_point(rows.x, flat, sigma).sub_(flat_denoised)
-        if self.calls_step:
-            free = rows.first if self._previous is None else self._previous.other
-            torch.sub(flat_denoised, rows.denoised, out=free.drift)
-            self.call_norms.append(_norm(free.call_block))  # ÷ t in finish
-            self.call_rolled.append(free.rolled)
-        else:
-            self.first_call_norm = _norm(rows.x_only)
-        rows.denoised.copy_(flat_denoised)
+        row = self._pending_calls
+        rows.x_rows[row].copy_(flat)  # x as given; x_flow − D at the flush
+        rows.denoised_rows[row + 1].copy_(flat_denoised)
+        self._pending_calls = row + 1
         self.calls_sigma.append(sigma)
         self.calls_step.append(self.current_step)
-        self._call_in_x = len(self.calls_step) - 1
-        self._recent_calls.append(((id(denoised), denoised.data_ptr()), sigma, self._call_in_x,
-                                   (id(x), x.data_ptr())))
+        self._recent_calls.append(((id(denoised), denoised.data_ptr()), sigma, len(self.calls_step) - 1,
+                                   (id(x), x.data_ptr()), self._block, row))
 
     def _call_of_step(self, i: int, x: torch.Tensor, denoised: torch.Tensor):
-        """(σ, index) of the model call made at this very ``x`` that produced this ``denoised`` — where the
+        """(σ, block, row) of the model call made at this very ``x`` that produced this ``denoised`` — where the
         sampler really evaluated (σ̂ with churn) — or None. The call that produced ``denoised`` (at this x or
         not: a look-ahead) and the ones after it belong to step i (callbacks follow a step's first call)."""
         output = (id(denoised), denoised.data_ptr())
-        for produced, sigma, index, given in reversed(self._recent_calls):
+        for produced, sigma, index, given, block, row in reversed(self._recent_calls):
             if produced == output:
                 self.calls_step[index:] = [i] * (len(self.calls_step) - index)
-                return (sigma, index) if given == (id(x), x.data_ptr()) else None
+                return (sigma, block, row) if given == (id(x), x.data_ptr()) else None
         return None
-
-    def _grid(self, like: torch.Tensor) -> torch.Tensor:
-        if self._sigma_grid is None:  # one host→device copy per recording, not one per step
-            self._sigma_grid = torch.tensor(self.sigmas, dtype=accumulation_dtype(like), device=like.device)
-        return self._sigma_grid
 
     def on_step(self, i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
         """The step callback: ``x`` is the point at the start of step ``i`` (σ = sigmas[i])."""
@@ -277,85 +285,135 @@ class TrajectoryRecorder:
         sigma = call[0] if call is not None else self._grid(x)[i:i + 1]
         flat = flatten_batch(x)
         rows = self._buffers(flat)
-        previous = self._previous
-        current = rows.first if previous is None else previous.other
-        point = self._next_point(flat, sigma)
-        t = self._t(sigma).reshape(-1, 1)
-        if call is not None and call[1] == self._call_in_x:
-            torch.div(rows.x, t, out=current.velocity)  # that call's x_flow − D, at this very x
+        if len(self._pending_steps) == rows.block:
+            self._flush()
+        step = len(self._pending_steps)
+        rows.point_rows[2 + step].copy_(flat)  # the sampler may later change ``x`` in place; x_flow at the flush
+        if call is not None and call[1] == self._block:
+            source = call[2]  # that call's x_flow − D, at this very x
         else:
-            torch.sub(point, flatten_batch(denoised), out=current.velocity).div_(t)
-        if previous is None:
-            self.first_step_norm = _norm(current.velocity_only)
-        else:
-            torch.sub(previous.velocity, current.velocity, out=rows.x)  # v_{i−1} − v_i
-            self._call_in_x = None
-            torch.sub(rows.points[self._previous_point_index()], point, out=current.segment)
-            self.step_norms.append(_norm(current.step_block))
-            self.step_rolled.append(current.rolled)
-            if len(self.step_norms) > 1:
-                self.segment_dot.append(_dot(current.segment, previous.segment))
-        self._previous = current
+            source = None
+            velocity = rows.velocity_rows[1 + step]
+            if self.flow:
+                torch.sub(flat, flatten_batch(denoised), out=velocity)
+            else:
+                torch.div(flat, (1 + sigma).reshape(-1, 1), out=velocity).sub_(flatten_batch(denoised))
+        self._pending_steps.append((sigma, source))
         self.point_sigma.append(sigma[0])
-        self._keep_latent(sigma, point)
+        self._keep_latent(sigma, flat)
         self.current_step = i  # later calls belong to step i until the next callback claims its first call
 
-    def _point_index(self, count: int) -> int:
-        """Row (in ``_Rows.points``) of the ``count``-th point: the first stays in START, later ones alternate."""
-        return 0 if count == 0 else 1 + (count - 1) % 2
-
-    def _previous_point_index(self) -> int:
-        return self._point_index(self._point_count - 2)
-
-    def _next_point(self, flat: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """x_flow in the recorder's own row (the sampler may later change ``x`` in place)."""
-        out = self._rows.points[self._point_index(self._point_count)]
-        self._point_count += 1
-        return self._write_flow_point(out, flat, sigma)
-
-    def _keep_latent(self, sigma: torch.Tensor, point: torch.Tensor) -> None:
+    def _keep_latent(self, sigma: torch.Tensor, flat: torch.Tensor) -> None:
         if self.record_latents and len(self.latents) < self.max_latents:
-            self.latents.append((self._t(sigma.reshape(-1)[0]), point.clone()))
+            point = flat.to(accumulation_dtype(flat), copy=True)
+            if not self.flow:
+                point.div_((1 + sigma).reshape(-1, 1))
+            self.latents.append((self._t(sigma.reshape(-1)[0]), point))
+
+    # -- the batched work ---------------------------------------------------------------------------
+    def _flush(self, final_sigma: torch.Tensor | None = None) -> None:
+        """Reduce the block: its calls, then its steps (and the final point at ``points[2 + steps]`` when
+        ``final_sigma`` is given); carry what the next block needs into the regions' first rows."""
+        rows = self._rows
+        calls, steps = self._pending_calls, self._pending_steps
+        if calls:
+            x = rows.x[:calls]
+            if not self.flow:
+                x.div_(1 + _sigma_column(self.calls_sigma[-calls:]))
+            x.sub_(rows.denoised[1:calls + 1])
+            self.call_norms.append(_norm(x))  # ÷ t in finish
+        self._velocities_from_calls(rows, steps)
+        if calls:
+            first = 0 if self._denoised_carried else 1
+            if calls > first:
+                drift = torch.sub(rows.denoised[first + 1:calls + 1], rows.denoised[first:calls],
+                                  out=rows.x[:calls - first])
+                self.drift_norms.append(_norm(drift))
+            rows.denoised_rows[0].copy_(rows.denoised_rows[calls])
+            self._denoised_carried = True
+        point_sigmas = [sigma for sigma, _ in steps] + ([final_sigma] if final_sigma is not None else [])
+        if point_sigmas:
+            self._reduce_steps(rows, steps, point_sigmas)
+        self._pending_calls, self._pending_steps = 0, []
+        self._block += 1
+
+    def _velocities_from_calls(self, rows: _Rows, steps: list) -> None:
+        """Copy x_flow − D of the calls the steps reported into the steps' velocity rows (÷ t later)."""
+        taken = [(step, source) for step, (_, source) in enumerate(steps) if source is not None]
+        if not taken:
+            return
+        progression = _progression([source for _, source in taken])
+        if len(taken) == len(steps) and progression is not None:
+            start, stride = progression
+            rows.velocity[1:1 + len(steps)].copy_(rows.x[start:start + stride * (len(steps) - 1) + 1:stride])
+            return
+        for step, source in taken:
+            rows.velocity_rows[1 + step].copy_(rows.x_rows[source])
+
+    def _reduce_steps(self, rows: _Rows, steps: list, point_sigmas: list) -> None:
+        count, new_points = len(steps), len(point_sigmas)
+        sigma = _sigma_column(point_sigmas)
+        if not self.flow:
+            rows.points[2:2 + new_points].div_(1 + sigma)
+        if count:
+            velocity = rows.velocity[1:1 + count].div_(self._t(sigma[:count]))
+            self.velocity_norms.append(_norm(velocity))
+            carried = 1 if self._velocity_carried else 0
+            if count + carried > 1:
+                change = torch.sub(rows.velocity[1 - carried:count], rows.velocity[2 - carried:count + 1],
+                                   out=rows.x[:count + carried - 1])
+                self.change_norms.append(_norm(change))
+            rows.velocity_rows[0].copy_(rows.velocity_rows[count])
+            self._velocity_carried = True
+        carried = self._carried_points
+        window = rows.points[2 - carried:2 + new_points]
+        if len(window) > 1:
+            segments = torch.sub(window[:-1], window[1:], out=rows.x[:len(window) - 1])
+            self.segment_norms.append(_norm(segments[max(carried - 1, 0):]))  # the first may be counted already
+            if len(segments) > 1:
+                self.segment_dots.append(_dot(segments[:-1], segments[1:]))
+        if not self._start_written:
+            rows.start.copy_(rows.point_rows[2])
+            self._start_written = True
+        if new_points >= 2:
+            rows.points[0:2].copy_(rows.points[new_points:new_points + 2])
+        else:
+            rows.point_rows[0].copy_(rows.point_rows[1])
+            rows.point_rows[1].copy_(rows.point_rows[2])
+        self._carried_points = min(2, carried + new_points)
 
     def finish(self, x_final: torch.Tensor, interrupted: bool = False) -> Trajectory:
-        """Close the path at the sampler's output (σ = sigmas[−1]), copy everything to the host once and turn
-        the raw norms and dots into the per-dimension statistics of :class:`Trajectory`."""
-        final_norm = final_dot = None
-        if self._previous is not None and not interrupted:
-            sigma = self._grid(x_final)[-1:]
-            point = self._next_point(flatten_batch(x_final), sigma)
-            segment = torch.sub(self._rows.points[self._previous_point_index()], point,
-                                out=self._previous.other.segment)
-            final_norm = _norm(segment)
-            if self.step_norms:
-                final_dot = _dot(segment, self._previous.segment)
-            self.point_sigma.append(sigma[0])
-            self._keep_latent(sigma, point)
+        """Close the path at the sampler's output (σ = sigmas[−1]), reduce the last block, copy everything to
+        the host once and turn the raw norms and dots into the per-dimension statistics of
+        :class:`Trajectory`."""
+        final_sigma = None
+        if self._rows is not None:
+            if (self._pending_steps or self._carried_points) and not interrupted:
+                final_sigma = self._grid(x_final)[-1:]
+                flat = flatten_batch(x_final)
+                self._rows.point_rows[2 + len(self._pending_steps)].copy_(flat)
+                self.point_sigma.append(final_sigma[0])
+                self._keep_latent(final_sigma, flat)
+            self._flush(final_sigma)
         batch = self._batch or x_final.shape[0]
         chord_sq = torch.zeros(batch, dtype=torch.float64)
-        if self._point_count:
-            last = self._rows.points[self._point_index(self._point_count - 1)]
-            chord_sq = (self._rows.start - last).pow(2).mean(dim=1).double().cpu()
-        self._rows = self._previous = None
+        if self._carried_points:
+            chord_sq = (self._rows.start - self._rows.point_rows[1]).pow(2).mean(dim=1).double().cpu()
+        self._rows = None
         dim = self._dim or flatten_batch(x_final).shape[1]
         root_dim = math.sqrt(dim)
-        empty = torch.zeros(0, batch, dtype=torch.float64)
 
-        def stack(values):
-            return torch.stack(values).double().cpu() if values else empty.clone()
-
-        change, step_velocity, segment = _unrolled(self.step_norms, self.step_rolled, 3, batch)
-        if self.first_step_norm is not None:
-            step_velocity = torch.cat([self.first_step_norm.double().cpu(), step_velocity])
-        call_velocity, drift = _unrolled(self.call_norms, self.call_rolled, 2, batch)
-        if self.first_call_norm is not None:
-            call_velocity = torch.cat([self.first_call_norm.double().cpu(), call_velocity])
+        series = (self.call_norms, self.drift_norms, self.velocity_norms, self.change_norms, self.segment_norms,
+                  self.segment_dots)
+        blocks = [block for kind in series for block in kind]
+        if blocks:  # one copy to the host for all of them
+            rows = [sum(len(block) for block in kind) for kind in series]
+            host = torch.cat(blocks).double().cpu().split(rows)
+        else:
+            host = [torch.zeros(0, batch, dtype=torch.float64)] * len(series)
+        call_velocity, drift, step_velocity, change, segment, dots = host
+        if len(drift) < len(call_velocity):  # the first call has no predecessor
             drift = torch.cat([torch.zeros(1, batch, dtype=torch.float64), drift])
-        dots = stack(self.segment_dot)
-        if final_norm is not None:
-            segment = torch.cat([segment, final_norm.double().cpu()[None]])
-            if final_dot is not None:
-                dots = torch.cat([dots, final_dot.double().cpu()[None]])
         points = (torch.stack(self.point_sigma).double().cpu() if self.point_sigma
                   else torch.zeros(0, dtype=torch.float64))
         t = points if self.flow else points / (1 + points)
@@ -375,15 +433,6 @@ class TrajectoryRecorder:
             call_x0_drift_rms=drift / root_dim,
             call_step=torch.tensor(self.calls_step, dtype=torch.long),
             latents=[(float(t), latent.cpu()) for t, latent in self.latents])
-
-
-def _unrolled(blocks: list, rolled: list, rows: int, batch: int) -> tuple:
-    """[k, B] norm blocks (some with rows rolled by one) → one host float64 [len, B] tensor per row."""
-    if not blocks:
-        return (torch.zeros(0, batch, dtype=torch.float64),) * rows
-    stacked = torch.stack(blocks).double().cpu()
-    flags = torch.tensor(rolled)[:, None, None]
-    return torch.where(flags, stacked.roll(1, dims=1), stacked).unbind(1)
 
 
 def _stacked_sigmas(sigmas: list, width: int) -> torch.Tensor:

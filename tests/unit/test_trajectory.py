@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from samplers.gaussian_mixture import GaussianMixture
+from samplers import trajectory as trajectory_module
 from samplers.runge_kutta import sample_rk
 from samplers.trajectory import TrajectoryRecorder, flatten_batch, straightness
 
@@ -141,8 +142,8 @@ def test_default_recording_memory_is_o_steps_not_o_latents(mixture):
 
 @pytest.mark.parametrize("flow", [True, False])
 def test_hooks_work_in_one_preallocated_tensor_and_finish_releases_it(mixture, flow):
-    """The hooks allocate their latent-sized working memory once (one [9, B, d] tensor, whatever the step count)
-    and write nothing latent-sized anywhere else; after finish the recorder keeps no latent-sized tensor."""
+    """The hooks allocate their latent-sized working memory once (one [4F + 8, B, d] tensor, whatever the step
+    count) and write nothing latent-sized anywhere else; after finish the recorder keeps no latent-sized tensor."""
     sigmas = torch.linspace(0.9, 0.05, 41, dtype=torch.float64)
     recorder = TrajectoryRecorder(flow, sigmas)
     noise = torch.randn(3, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
@@ -161,7 +162,7 @@ def test_hooks_work_in_one_preallocated_tensor_and_finish_releases_it(mixture, f
     def on_step(info):
         recorder.on_step(info["i"], info["x"], info["denoised"])
         working.add(recorder._rows.all.data_ptr())
-        assert recorder._rows.all.shape == (9, 3, 6)
+        assert recorder._rows.all.shape == (4 * trajectory_module.MAX_BLOCK + 8, 3, 6)
         assert all(not latent_sized(value) for name, value in vars(recorder).items() if name != "_rows")
 
     out = sample_rk(denoiser, noise, sigmas, method="heun", callback=on_step)
@@ -169,6 +170,52 @@ def test_hooks_work_in_one_preallocated_tensor_and_finish_releases_it(mixture, f
     assert trajectory.steps == 40 and trajectory.nfe == 80
     assert len(working) == 1
     assert all(not latent_sized(value) for value in vars(recorder).values())
+
+
+def test_the_block_shrinks_with_the_latent_to_stay_within_the_working_memory_budget():
+    """Small latents are reduced MAX_BLOCK calls at a time; larger ones in smaller blocks so that the working
+    tensor stays within DEFERRED_BUDGET_BYTES, down to one call per block (12 latents)."""
+    budget = trajectory_module.DEFERRED_BUDGET_BYTES
+    for floats, block in [(64, trajectory_module.MAX_BLOCK), (budget // 4 // 20, 3), (budget // 4, 1)]:
+        rows = trajectory_module._Rows(torch.zeros(1, floats))
+        assert rows.block == block
+        assert rows.all.shape == (4 * block + 8, 1, floats)
+        assert block == 1 or rows.all.numel() * 4 <= budget
+
+
+@pytest.mark.parametrize("flow", [True, False])
+@pytest.mark.parametrize("method", ["euler", "heun", "rk4", "nesterov", "dopri5"])
+def test_statistics_do_not_depend_on_where_the_blocks_end(mixture, monkeypatch, flow, method):
+    """Flushing after every 1, 2 or 3 calls/steps carries the previous D, velocity and two points across block
+    boundaries: every statistic equals the one-block recording (float64, to rounding)."""
+    from samplers.optimizers import sample_nesterov
+
+    sigmas = torch.linspace(0.95, 0.0, 12, dtype=torch.float64) if flow else torch.linspace(14.0, 0.0, 12,
+                                                                                              dtype=torch.float64)
+    noise = torch.randn(4, 6, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * (1 if flow else 14)
+
+    def recording(block):
+        monkeypatch.setattr(trajectory_module, "MAX_BLOCK", block)
+        recorder = TrajectoryRecorder(flow, sigmas, record_latents=True)
+        denoiser = recording_denoiser(recorder, lambda x, s: mixture.denoised(x, s if flow else s / (1 + s)))
+        callback = lambda info: recorder.on_step(info["i"], info["x"], info["denoised"])  # noqa: E731
+        if method == "nesterov":
+            out = sample_nesterov(denoiser, noise, sigmas, callback=callback)
+        else:
+            out = sample_rk(denoiser, noise, sigmas, method=method, callback=callback,
+                            data_end_sigma=DATA_END if flow else None)
+        return recorder.finish(out)
+
+    whole = recording(64)
+    assert whole.steps >= 4 and len(whole.latents) == whole.steps + 1
+    for block in (1, 2, 3):
+        split = recording(block)
+        for name in ("t", "step_velocity_rms", "secant_sq", "segment_length", "turn_cos", "local_error", "chord_sq",
+                     "call_t", "call_velocity_rms", "call_x0_drift_rms", "call_step"):
+            torch.testing.assert_close(getattr(split, name), getattr(whole, name), rtol=1e-12, atol=1e-300,
+                                       msg=lambda m: f"{name}, block {block}: {m}")
+        for (t_split, latent_split), (t_whole, latent_whole) in zip(split.latents, whole.latents):
+            assert t_split == t_whole and torch.equal(latent_split, latent_whole)
 
 
 @pytest.mark.parametrize("method", ["euler", "nesterov"])
