@@ -684,7 +684,7 @@ def render(args, info, per_call_results, recording, hooks, memory, peaks, loop, 
                "object overhead of each retained small tensor is not included here, see allocated Δ; their count is "
                "given): *buffers* are its latent-sized working tensors still held after `finish`, *working* those held "
                "while sampling (one tensor of 4F + 8 latents in the accumulation dtype, F = 16 calls per batched block "
-               "for small latents, fewer within 8 MiB for larger ones, at least 1; allocated at the first model call, "
+               "for small latents, fewer within 32 MiB for larger ones, at least 1; allocated at the first model call, "
                "released by `finish`), *series* the per-call/per-step scalar lists; *Trajectory* "
                "is the finished host record. *Allocated Δ*: bytes still allocated (glibc `mallinfo2`, exact) after "
                "the recording than before it, with the recorder and its Trajectory alive — everything the recording "

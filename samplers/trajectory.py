@@ -4,9 +4,9 @@ A :class:`TrajectoryRecorder` is fed by two hooks that exist for *every* ComfyUI
 (x, σ, denoised) and each step callback (i, x, denoised). It never changes a tensor it is given, so sampling
 with and without recording is bit-identical. By default it keeps only per-call / per-step scalars, as
 device tensors; while sampling it also holds a block of latents of working memory in one tensor, allocated at
-the first call (12 latents, up to 72 for small latents within 8 MiB; half precision is held in float32): the
-hooks only copy the model's inputs and outputs into it, and every 16 calls or steps (fewer for large latents)
-one batched pass reduces the block to norms and dots. The scalars are copied to the host once, in
+the first call (4F + 8 latents for blocks of F = 16 calls, F smaller where that would pass 32 MiB, at least 1;
+half precision is held in float32): the hooks only copy the model's inputs and outputs into it, and every F
+calls or steps one batched pass reduces the block to norms and dots. The scalars are copied to the host once, in
 :meth:`finish`, which releases the working memory: a finished recording holds O(steps) numbers, nothing
 latent-sized (unless latents are recorded).
 
@@ -140,7 +140,7 @@ def straightness(trajectory: Trajectory) -> dict:
         "per_step_contribution": per_step.mean(1).tolist(),
     }
 
-DEFERRED_BUDGET_BYTES = 8 * 2**20  # working memory a recording may take to batch its work (at least 12 latents)
+DEFERRED_BUDGET_BYTES = 32 * 2**20  # working memory a recording may take to batch its work (at least 12 latents)
 MAX_BLOCK = 16  # model calls / steps whose quantities are reduced together
 
 
@@ -174,8 +174,9 @@ class _Rows:
     previous block's last two), room for the final point.
 
     F (the block) is :data:`MAX_BLOCK` for small latents, fewer where the tensor would pass
-    :data:`DEFERRED_BUDGET_BYTES`, at least 1: on large latents every operation is bandwidth-bound and
-    batching saves nothing, on small ones it replaces ~10 dispatched operations per step by ~1.
+    :data:`DEFERRED_BUDGET_BYTES`, at least 1. On small latents batching replaces ~10 dispatched operations per
+    step by ~2; on large ones every operation is bandwidth-bound, and a block reads and writes each latent as
+    often as unbatched work would, plus four row copies per block for what the next block needs.
     """
 
     def __init__(self, like: torch.Tensor):
@@ -322,7 +323,10 @@ class TrajectoryRecorder:
                 x.div_(1 + _sigma_column(self.calls_sigma[-calls:]))
             x.sub_(rows.denoised[1:calls + 1])
             self.call_norms.append(_norm(x))  # ÷ t in finish
-        self._velocities_from_calls(rows, steps)
+        point_sigmas = [sigma for sigma, _ in steps] + ([final_sigma] if final_sigma is not None else [])
+        sigma = _sigma_column(point_sigmas) if point_sigmas else None
+        if steps:
+            self._step_velocities(rows, steps, self._t(sigma[:len(steps)]))
         if calls:
             first = 0 if self._denoised_carried else 1
             if calls > first:
@@ -331,33 +335,35 @@ class TrajectoryRecorder:
                 self.drift_norms.append(_norm(drift))
             rows.denoised_rows[0].copy_(rows.denoised_rows[calls])
             self._denoised_carried = True
-        point_sigmas = [sigma for sigma, _ in steps] + ([final_sigma] if final_sigma is not None else [])
         if point_sigmas:
-            self._reduce_steps(rows, steps, point_sigmas)
+            self._reduce_steps(rows, len(steps), sigma)
         self._pending_calls, self._pending_steps = 0, []
         self._block += 1
 
-    def _velocities_from_calls(self, rows: _Rows, steps: list) -> None:
-        """Copy x_flow − D of the calls the steps reported into the steps' velocity rows (÷ t later)."""
-        taken = [(step, source) for step, (_, source) in enumerate(steps) if source is not None]
-        if not taken:
-            return
-        progression = _progression([source for _, source in taken])
-        if len(taken) == len(steps) and progression is not None:
+    def _step_velocities(self, rows: _Rows, steps: list, t: torch.Tensor) -> None:
+        """v = (x_flow − D)/t into the steps' velocity rows: from the x rows of the calls the steps reported (one
+        strided division when they are evenly spaced, as in a fixed-step sampler), else from the row the step
+        wrote itself."""
+        sources = [source for _, source in steps]
+        progression = _progression(sources) if None not in sources else None
+        if progression is not None:
             start, stride = progression
-            rows.velocity[1:1 + len(steps)].copy_(rows.x[start:start + stride * (len(steps) - 1) + 1:stride])
+            torch.div(rows.x[start:start + stride * (len(steps) - 1) + 1:stride], t,
+                      out=rows.velocity[1:1 + len(steps)])
             return
-        for step, source in taken:
-            rows.velocity_rows[1 + step].copy_(rows.x_rows[source])
+        for step, source in enumerate(sources):
+            if source is None:
+                rows.velocity_rows[1 + step].div_(t[step])
+            else:
+                torch.div(rows.x_rows[source], t[step], out=rows.velocity_rows[1 + step])
 
-    def _reduce_steps(self, rows: _Rows, steps: list, point_sigmas: list) -> None:
-        count, new_points = len(steps), len(point_sigmas)
-        sigma = _sigma_column(point_sigmas)
+    def _reduce_steps(self, rows: _Rows, count: int, sigma: torch.Tensor) -> None:
+        """Norms and dots of the block's step velocities and points (``sigma``: the points' σ, [n, 1 or B, 1])."""
+        new_points = len(sigma)
         if not self.flow:
             rows.points[2:2 + new_points].div_(1 + sigma)
         if count:
-            velocity = rows.velocity[1:1 + count].div_(self._t(sigma[:count]))
-            self.velocity_norms.append(_norm(velocity))
+            self.velocity_norms.append(_norm(rows.velocity[1:1 + count]))
             carried = 1 if self._velocity_carried else 0
             if count + carried > 1:
                 change = torch.sub(rows.velocity[1 - carried:count], rows.velocity[2 - carried:count + 1],
