@@ -489,7 +489,7 @@ def report(results, references, command, mode) -> tuple[str, dict]:
     if failed:
         lines += ["", "Configurations that could not run: " + "; ".join(
             f"{row['problem']}: {row['sampler']}/{row['scheduler']} ({row['failed'][:80]})" for row in failed[:20])]
-    lines += ["", f"Skipped built-ins: " + "; ".join(f"{k} ({v})" for k, v in SKIPPED_BUILTINS.items()),
+    lines += ["", "Skipped built-ins: " + "; ".join(f"{k} ({v})" for k, v in SKIPPED_BUILTINS.items()),
               f"`{TRAJECTORY_ADAPTIVE}` is the trajectory-adaptive schedule; its 16-step Heun pilot (32 NFE, once "
               "per prompt) is not counted in the budget.",
               f"`{OPTIMIZED}` is the Optimized Schedule node: fitted on pilot noise of seed {PILOT_SEED} (the table "

@@ -140,6 +140,7 @@ def straightness(trajectory: Trajectory) -> dict:
         "per_step_contribution": per_step.mean(1).tolist(),
     }
 
+
 DEFERRED_BUDGET_BYTES = 32 * 2**20  # working memory a recording may take to batch its work (at least 12 latents)
 MAX_BLOCK = 16  # model calls / steps whose quantities are reduced together
 
@@ -181,7 +182,7 @@ class _Rows:
 
     def __init__(self, like: torch.Tensor):
         dtype = accumulation_dtype(like)
-        latent_bytes = max(1, like.numel() * torch.empty((), dtype=dtype).element_size())
+        latent_bytes = max(1, like.numel() * torch.finfo(dtype).bits // 8)
         self.block = f = int(min(MAX_BLOCK, max(1, (DEFERRED_BUDGET_BYTES // latent_bytes - 8) // 4)))
         self.all = torch.empty((4 * f + 8,) + tuple(like.shape), dtype=dtype, device=like.device)
         self.start = self.all[0]
