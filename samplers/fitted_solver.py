@@ -297,8 +297,9 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
     at σ = sigmas[−1], the last of the fit's targets) — the end-to-end objective Bespoke solvers train on
     (Shaul et al. 2024) — instead of step by step: Levenberg–Marquardt
     (Marquardt 1963) with a forward-difference Jacobian, one pilot run per coefficient per iteration, each
-    started at the coefficient's own step from a cached run (:class:`_StepCache`): ≈ ``P · steps / 2`` model
-    calls per iteration, P = the number of coefficients (≈ 9 per step at history 8).
+    started at the coefficient's own step from a cached run (:class:`_StepCache`; the accepted candidate's run is
+    the next iteration's cache): ≈ ``P · steps / 2`` model calls per iteration, P = the number of coefficients
+    (≈ 9 per step at history 8).
 
     Overfitting guard, like the ridge's cross-validation: each step is computed on one half of the pilot
     (even samples, or the first half of the latent for a batch of one) and accepted only if the error falls on
@@ -319,9 +320,10 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
             start += n
         return out
 
-    def endpoint_residual(vector):
+    def cached_run(vector):
+        """The run with these coefficients, its checkpoints kept: the next iteration's Jacobian starts from it."""
         solver.coefficients = unflatten(vector)
-        return _run(model, x, grid, sigmas, extra_args, None, True, solver) - endpoint
+        return _StepCache(model, x, grid, sigmas, extra_args, solver)
 
     step_of = [n for n, count in enumerate(lengths) for _ in range(count)]  # the step each coefficient acts at
 
@@ -329,13 +331,12 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
         return float(flat.pow(2).mean().sqrt())
 
     coefficients = torch.tensor([v for c in solver.coefficients for v in c], dtype=torch.float64)
-    residual = endpoint_residual(coefficients)
+    cache = cached_run(coefficients)
+    residual = cache.endpoint - endpoint
     fit_part, held_part = _endpoint_folds(residual)
     start_error, start_held = rms(residual.double()), rms(held_part)
     kept, damping = 0, 1e-3
     for _ in range(iterations):
-        solver.coefficients = unflatten(coefficients)
-        cache = _StepCache(model, x, grid, sigmas, extra_args, solver)
         jacobian = torch.empty(fit_part.numel(), len(coefficients), dtype=torch.float64)
         for k in range(len(coefficients)):
             delta = 1e-3 * max(1.0, abs(float(coefficients[k])))
@@ -343,23 +344,25 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
             moved[k] += delta
             moved_end = cache.run_from(step_of[k], unflatten(moved))
             jacobian[:, k] = (_endpoint_folds(moved_end - endpoint)[0] - fit_part) / delta
-        del cache
+        cache = None  # one cache alive at a time: the candidates' runs below keep theirs
         gradient, normal = jacobian.T @ fit_part, jacobian.T @ jacobian
         scale = torch.diag(normal.diagonal().clamp_min(1e-300))
         improved = None
         while improved is None and damping < 1e8:  # more damping = a shorter, more conservative step
             candidate = coefficients - torch.linalg.solve(normal + damping * scale, gradient)
-            candidate_residual = endpoint_residual(candidate)
+            candidate_cache = None  # a rejected candidate's run is released before the next one is made
+            candidate_cache = cached_run(candidate)
+            candidate_residual = candidate_cache.endpoint - endpoint
             candidate_fit, candidate_held = _endpoint_folds(candidate_residual)
             if (candidate_fit.pow(2).sum() < fit_part.pow(2).sum()
                     and candidate_held.pow(2).sum() < held_part.pow(2).sum()):
-                improved = (candidate, candidate_residual, candidate_fit, candidate_held)
+                improved = (candidate, candidate_cache, candidate_residual, candidate_fit, candidate_held)
                 damping = max(damping / 3, 1e-9)
             else:
                 damping *= 10
         if improved is None:
             break  # no step helps both halves: the held-out half stopped improving
-        coefficients, residual, fit_part, held_part = improved
+        coefficients, cache, residual, fit_part, held_part = improved
         kept += 1
     solver.coefficients = unflatten(coefficients)
     if info is not None:
