@@ -446,6 +446,4 @@ def _stacked_sigmas(sigmas: list, width: int) -> torch.Tensor:
     """σ tensors of shape [B] or [1] (as the model got them) → host float64 [len, width]."""
     if not sigmas:
         return torch.zeros(0, width, dtype=torch.float64)
-    if all(s.shape == sigmas[0].shape for s in sigmas):
-        return torch.stack(sigmas).double().cpu()[:, :width].expand(-1, width)
-    return torch.stack([s[:width].expand(width) for s in sigmas]).double().cpu()
+    return _sigma_column(sigmas)[..., 0].double().cpu()[:, :width].expand(-1, width)
