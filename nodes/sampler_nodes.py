@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 import comfy.samplers
 
 from .. import samplers as core
@@ -209,16 +211,17 @@ class FittedSolverSampler(io.ComfyNode):
                                    tooltip="Relative tolerance of the reference solve (Dormand–Prince 5(4))."),
                     io.Boolean.Input("optimize_schedule", default=False, optional=True,
                                      tooltip="Also warp the sigmas (as the Optimized Schedule node) for the lowest "
-                                             "error of the solver fitted on them; then sample with the SIGMAS "
-                                             "output."),
+                                             "error of the solver fitted on them, and with refine_iterations let "
+                                             "the refinement move each interior sigma too; then sample with the "
+                                             "SIGMAS output."),
                     io.Int.Input("max_evaluations", default=60, min=1, max=5000, optional=True,
                                  tooltip="optimize_schedule: candidate grids (each costs one fit, steps model "
                                          "calls)."),
                     io.Int.Input("refine_iterations", default=0, min=0, max=20, optional=True,
                                  tooltip="End-to-end refinement (0 = off): Levenberg–Marquardt on all coefficients "
                                          "against the pilot endpoint, checked on a held-out half of the pilot. "
-                                         "Each iteration costs ≈ 4.5 × steps² model calls (history 8): for ≤ 16 "
-                                         "steps on large models.")],
+                                         "Each iteration costs ≈ 4.5 × steps² model calls (history 8; ≈ 5 × steps² "
+                                         "when it moves the sigmas too): for ≤ 16 steps on large models.")],
             outputs=[io.Sampler.Output(), io.String.Output(display_name="report"),
                      io.Sigmas.Output(display_name="sigmas")])
 
@@ -229,7 +232,8 @@ class FittedSolverSampler(io.ComfyNode):
         require_full_schedule(sigmas, who, "fit a full schedule")
         result = {}
         planner = solver_fitter(result, prediction, order, history, reference_rtol,
-                                max_evaluations if optimize_schedule else 0, refine_iterations)
+                                max_evaluations if optimize_schedule else 0, refine_iterations,
+                                refine_grid=optimize_schedule)
         try:
             sample_like_custom_advanced(guider, planner, sigmas.cpu(), latent_image, noise)
         except ValueError as error:
@@ -243,7 +247,8 @@ class FittedSolverSampler(io.ComfyNode):
             refined = result["refinement"]
             report += (f"; end-to-end refinement: {refined['error_before']:.3e} → {refined['error']:.3e} "
                        f"(held-out half {refined['held_out_before']:.3e} → {refined['held_out']:.3e}, "
-                       f"{refined['iterations']} of {refine_iterations} iterations kept)")
+                       f"{refined['iterations']} of {refine_iterations} iterations kept"
+                       f"{', ' + str(refined['moved_nodes']) + ' sigmas moved' if optimize_schedule else ''})")
         if optimize_schedule:
             search = result["schedule_search"]
             report += (f"; schedule optimized for the fitted solver: input sigmas {search['base_error']:.3e} → "
@@ -254,14 +259,15 @@ class FittedSolverSampler(io.ComfyNode):
 
 
 def solver_fitter(result: dict, prediction: str, order: int, history: int, reference_rtol: float,
-                  schedule_evaluations: int = 0, refine_iterations: int = 0):
+                  schedule_evaluations: int = 0, refine_iterations: int = 0, refine_grid: bool = False):
     """A SAMPLER that only fits: run through ``guider.sample`` on the target sigmas it receives the scaled pilot
     latent and the real guided model, computes the reference trajectory, stores the :class:`FittedSolver` in
     ``result["solver"]`` and its grid in ``result["sigmas"]`` (reference NFE in ``result["reference_nfe"]``)
     and returns the latent unchanged. ``schedule_evaluations`` > 0 also warps the grid
     (:func:`~..samplers.fitted_solver.optimize_fitted`; its search statistics in ``result["schedule_search"]``);
     ``refine_iterations`` > 0 then refines the coefficients end to end
-    (:func:`~..samplers.fitted_solver.refine_end_to_end`; statistics in ``result["refinement"]``)."""
+    (:func:`~..samplers.fitted_solver.refine_end_to_end`; statistics in ``result["refinement"]``), with
+    ``refine_grid`` the interior σ nodes too (``result["sigmas"]`` is then the refined grid)."""
 
     def fit(model, x, sigmas, extra_args=None, callback=None, disable=None, data_end_sigma=None):
         stats = {}
@@ -285,8 +291,11 @@ def solver_fitter(result: dict, prediction: str, order: int, history: int, refer
             endpoint = targets[-1]
         if refine_iterations > 0:
             result["refinement"] = {}
-            fitted_solver.refine_end_to_end(model, x, result["sigmas"], endpoint, result["solver"], extra_args,
-                                            refine_iterations, info=result["refinement"])
+            solver = fitted_solver.refine_end_to_end(model, x, result["sigmas"], endpoint, result["solver"],
+                                                     extra_args, refine_iterations, info=result["refinement"],
+                                                     move_grid=refine_grid)
+            result["sigmas"] = torch.tensor(solver.sigmas, dtype=result["sigmas"].dtype,
+                                            device=result["sigmas"].device)
         result["reference_nfe"] = stats.get("nfe")
         return x
 

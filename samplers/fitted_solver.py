@@ -201,16 +201,18 @@ class _StepCache:
         self.checkpoints = []
         self.endpoint = _run(model, x, grid, sigmas, extra_args, None, True, solver, checkpoints=self.checkpoints)
 
-    def run_from(self, start: int, coefficients: list):
-        """The endpoint of a run with ``coefficients`` that equal the cached run's before step ``start``."""
+    def run_from(self, start: int, coefficients: list, grid=None):
+        """The endpoint of a run with ``coefficients`` (and ``grid``, default the cached run's) that equal the
+        cached run's before step ``start`` (a grid may differ from node ``start + 1`` on)."""
+        grid = self.grid if grid is None else grid
         state, snapshot = self.checkpoints[start]
         history = _History(self.solver.prediction, self.solver.order, self.solver.history, self.solver.denoise_end)
         history.restore(snapshot)
-        x = history.step(state, self.grid[start + 1], coefficients[start])
+        x = history.step(state, grid[start + 1], coefficients[start])
         derivative = ModelDerivative(self.model, x, self.sigmas, self.extra_args, None)
-        for i in range(start + 1, len(self.grid) - 1):
-            history.push(self.grid[i], derivative(x, self.grid[i]))
-            x = history.step(x, self.grid[i + 1], coefficients[i])
+        for i in range(start + 1, len(grid) - 1):
+            history.push(grid[i], derivative(x, grid[i]))
+            x = history.step(x, grid[i + 1], coefficients[i])
         return x
 
 
@@ -291,65 +293,99 @@ def _endpoint_folds(residual):
     return tuple(flat[fold].reshape(-1) for fold in _two_folds(*flat.shape))
 
 
+def _movable_nodes(grid) -> list:
+    """Indices of the grid nodes the end-to-end refinement may move: the interior ones. σ_0 (where the noise
+    starts), the last positive σ (the data end: the denoised step of VE/EPS models, the model's smallest σ) and
+    the final 0 stay."""
+    return list(range(1, len(grid) - 2))
+
+
 def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_args=None, iterations=4,
-                      info=None) -> FittedSolver:
+                      info=None, move_grid=False) -> FittedSolver:
     """Refine all coefficients of a fitted ``solver`` at once against the pilot ``endpoint`` (the reference state
     at σ = sigmas[−1], the last of the fit's targets) — the end-to-end objective Bespoke solvers train on
     (Shaul et al. 2024) — instead of step by step: Levenberg–Marquardt
-    (Marquardt 1963) with a forward-difference Jacobian, one pilot run per coefficient per iteration, each
-    started at the coefficient's own step from a cached run (:class:`_StepCache`; the accepted candidate's run is
-    the next iteration's cache): ≈ ``P · steps / 2`` model calls per iteration, P = the number of coefficients
-    (≈ 9 per step at history 8).
+    (Marquardt 1963) with a forward-difference Jacobian, one pilot run per parameter per iteration, each
+    started at the parameter's own step from a cached run (:class:`_StepCache`; the accepted candidate's run is
+    the next iteration's cache): ≈ ``P · steps / 2`` model calls per iteration, P = the number of parameters
+    (≈ 9 coefficients per step at history 8).
+
+    ``move_grid``: the interior σ nodes (:func:`_movable_nodes`, in log σ) are parameters too, as the time
+    discretization is in Bespoke solvers (Shaul et al. 2023, "Bespoke Solvers for Generative Flow Models"): a
+    smooth warp (:func:`optimize_fitted`) cannot place single nodes, and a model's output varies with σ at
+    scales far below a step — the sinusoidal timestep embedding of SD-type networks — so that where each node
+    samples it matters (measured in docs/benchmark_quality.md). The refined grid is ``solver.sigmas``; a
+    candidate whose nodes are not strictly decreasing is rejected like one that does not lower the error.
 
     Overfitting guard, like the ridge's cross-validation: each step is computed on one half of the pilot
     (even samples, or the first half of the latent for a batch of one) and accepted only if the error falls on
     both halves — otherwise the damping grows (a shorter step) until one does; the refinement stops when no
     step helps the held-out half. ``info`` gets ``error_before``/``error`` (whole pilot),
-    ``held_out_before``/``held_out`` and ``iterations`` (kept)."""
+    ``held_out_before``/``held_out``, ``iterations`` (kept) and ``moved_nodes`` (nodes whose σ changed)."""
     if iterations < 0:
         raise ValueError(f"refine_end_to_end: iterations = {iterations} must be ≥ 0")
     grid = validate_sigmas(sigmas, "refine_end_to_end")
     solver.check_grid(grid, "refine_end_to_end")
     lengths = [len(c) for c in solver.coefficients]
+    movable = _movable_nodes(grid) if move_grid else []
+    coefficient_count = sum(lengths)
 
-    def unflatten(vector):
+    def unpack(vector):
+        """(per-step coefficient lists, grid) of a parameter vector."""
         values, start = vector.tolist(), 0
-        out = []
+        coefficients = []
         for n in lengths:
-            out.append(values[start:start + n])
+            coefficients.append(values[start:start + n])
             start += n
-        return out
+        nodes = list(grid)
+        for index, log_sigma in zip(movable, values[coefficient_count:]):
+            nodes[index] = math.exp(log_sigma)
+        return coefficients, nodes
+
+    def decreasing(nodes):
+        return all(a > b for a, b in zip(nodes, nodes[1:]))
 
     def cached_run(vector):
-        """The run with these coefficients, its checkpoints kept: the next iteration's Jacobian starts from it."""
-        solver.coefficients = unflatten(vector)
-        return _StepCache(model, x, grid, sigmas, extra_args, solver)
+        """The run with these parameters, its checkpoints kept: the next iteration's Jacobian starts from it."""
+        solver.coefficients, nodes = unpack(vector)
+        return _StepCache(model, x, nodes, sigmas, extra_args, solver)
 
-    step_of = [n for n, count in enumerate(lengths) for _ in range(count)]  # the step each coefficient acts at
+    # the first step each parameter acts at: its own for a coefficient, the step landing on it for a node
+    step_of = [n for n, count in enumerate(lengths) for _ in range(count)] + [index - 1 for index in movable]
 
     def rms(flat):
         return float(flat.pow(2).mean().sqrt())
 
-    coefficients = torch.tensor([v for c in solver.coefficients for v in c], dtype=torch.float64)
-    cache = cached_run(coefficients)
+    parameters = torch.tensor([v for c in solver.coefficients for v in c] + [math.log(grid[i]) for i in movable],
+                              dtype=torch.float64)
+    cache = cached_run(parameters)
     residual = cache.endpoint - endpoint
     fit_part, held_part = _endpoint_folds(residual)
     start_error, start_held = rms(residual.double()), rms(held_part)
     kept, damping = 0, 1e-3
     for _ in range(iterations):
-        jacobian = torch.empty(fit_part.numel(), len(coefficients), dtype=torch.float64)
-        for k in range(len(coefficients)):
-            delta = 1e-3 * max(1.0, abs(float(coefficients[k])))
-            moved = coefficients.clone()
+        jacobian = torch.empty(fit_part.numel(), len(parameters), dtype=torch.float64)
+        nodes = unpack(parameters)[1]
+        for k in range(len(parameters)):
+            if k < coefficient_count:
+                delta = 1e-3 * max(1.0, abs(float(parameters[k])))
+            else:  # a node: a step well inside its gaps to the neighbours
+                index = movable[k - coefficient_count]
+                delta = min(1e-3, 0.25 * math.log(nodes[index] / nodes[index + 1]))
+            moved = parameters.clone()
             moved[k] += delta
-            moved_end = cache.run_from(step_of[k], unflatten(moved))
+            moved_coefficients, moved_nodes = unpack(moved)
+            moved_end = cache.run_from(step_of[k], moved_coefficients, moved_nodes)
             jacobian[:, k] = (_endpoint_folds(moved_end - endpoint)[0] - fit_part) / delta
         cache = None  # one cache alive at a time: the candidates' runs below keep theirs
         gradient, normal = jacobian.T @ fit_part, jacobian.T @ jacobian
         scale = torch.diag(normal.diagonal().clamp_min(1e-300))
         improved = None
         while improved is None and damping < 1e8:  # more damping = a shorter, more conservative step
-            candidate = coefficients - torch.linalg.solve(normal + damping * scale, gradient)
+            candidate = parameters - torch.linalg.solve(normal + damping * scale, gradient)
+            if not decreasing(unpack(candidate)[1]):
+                damping *= 10
+                continue
             candidate_cache = None  # a rejected candidate's run is released before the next one is made
             candidate_cache = cached_run(candidate)
             candidate_residual = candidate_cache.endpoint - endpoint
@@ -362,12 +398,14 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
                 damping *= 10
         if improved is None:
             break  # no step helps both halves: the held-out half stopped improving
-        coefficients, cache, residual, fit_part, held_part = improved
+        parameters, cache, residual, fit_part, held_part = improved
         kept += 1
-    solver.coefficients = unflatten(coefficients)
+    solver.coefficients, nodes = unpack(parameters)
+    solver.sigmas = tuple(nodes)
     if info is not None:
         info.update(error_before=start_error, error=rms(residual.double()), held_out_before=start_held,
-                    held_out=rms(held_part), iterations=kept)
+                    held_out=rms(held_part), iterations=kept,
+                    moved_nodes=sum(a != b for a, b in zip(nodes, grid)))
     return solver
 
 

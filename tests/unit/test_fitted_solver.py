@@ -211,6 +211,65 @@ def test_a_run_resumed_at_a_step_equals_the_whole_run_and_skips_the_model_calls_
         assert not torch.equal(resumed, cache.endpoint)
 
 
+def test_a_run_resumed_on_a_grid_with_one_node_moved_equals_the_whole_run_on_that_grid(problem):
+    """Moving node i changes the update of step i − 1 (it lands on σ_i) and everything after: the refinement's
+    Jacobian column for a node restarts there, N − i model calls, bit-identical to the whole run."""
+    from samplers.fitted_solver import _StepCache, _run
+
+    grid = karras_sigmas(6, sigma_max=1.0, sigma_min=0.02, dtype=torch.float64)
+    solver = FittedSolver(tuple(grid.tolist()), "data", 2, 3, True,
+                          [[0.05 * (i + 1)] + [0.01] * (1 + min(i, 2)) for i in range(6)])
+    calls = []
+
+    def counted(x, sigma, **kwargs):
+        calls.append(1)
+        return problem.model(x, sigma, **kwargs)
+
+    cache = _StepCache(counted, problem.noise, grid.tolist(), grid, None, solver)
+    for index in range(1, 5):
+        nodes = grid.tolist()
+        nodes[index] *= 1.01
+        calls.clear()
+        resumed = cache.run_from(index - 1, solver.coefficients, nodes)
+        assert len(calls) == 6 - index
+        whole = _run(problem.model, problem.noise, nodes, grid, None, None, True, solver)
+        assert torch.equal(resumed, whole) and not torch.equal(resumed, cache.endpoint)
+
+
+def test_refining_the_grid_nodes_too_places_them_where_an_oscillating_model_output_averages_out():
+    """A denoiser whose output oscillates in σ faster than the grid resolves (period 0.03 against steps of
+    0.125; a sinusoidal timestep embedding does this to trained networks): coefficients alone barely help, the
+    interior nodes moved end to end cut the held-out error several-fold. σ_0, the last positive σ and 0 stay,
+    the grid stays strictly decreasing, and the solver samples the grid it returns. Measured at the time of
+    writing: held out 1.22e-2 → 1.15e-2 (coefficients) vs 2.80e-3 (with nodes), 6 nodes moved."""
+    mixture = make_mixture(stds=(0.5, 0.6), spread=0.5)
+
+    def model(x, sigma, **kwargs):
+        return mixture.denoised(x, sigma) + 0.05 * torch.sin(200.0 * sigma.reshape(-1, 1)) * torch.tanh(x)
+
+    pilot, held_out = noise(21, 32), noise(22, 256)
+    grid = uniform(8)
+    targets = reference_trajectory(model, pilot, grid, rtol=1e-9, data_end_sigma=DATA_END_SIGMA)
+    truth = pilot_reference(model, held_out, 1.0, rtol=1e-9, data_end_sigma=DATA_END_SIGMA)
+    held = {}
+    for move_grid in (False, True):
+        solver = fit_solver(model, pilot, grid, targets, prediction="data", order=3, history=4,
+                            data_end_sigma=DATA_END_SIGMA, disable=True)
+        info = {}
+        refine_end_to_end(model, pilot, grid, targets[-1], solver, iterations=3, info=info, move_grid=move_grid)
+        nodes = torch.tensor(solver.sigmas, dtype=torch.float64)
+        held[move_grid] = rms(sample_fitted(model, held_out, nodes, disable=True, solver=solver), truth)
+        if not move_grid:
+            assert solver.sigmas == tuple(grid.tolist()) and info["moved_nodes"] == 0
+            continue
+        assert info["moved_nodes"] >= 4 and info["held_out"] < 0.5 * info["held_out_before"]
+        assert nodes[0] == 1.0 and nodes[-2] == grid[-2] and nodes[-1] == 0.0
+        assert bool((nodes[1:] < nodes[:-1]).all())
+        with pytest.raises(ValueError, match="fitted for the 8-step grid"):
+            sample_fitted(model, held_out, grid, disable=True, solver=solver)
+    assert held[True] < 0.4 * held[False], held
+
+
 def test_end_to_end_refinement_stops_when_the_held_out_half_does_not_improve(problem):
     """Endpoint = the solver's own output (zero residual): no step can help, nothing is kept or changed."""
     grid = karras_sigmas(4, sigma_max=1.0, sigma_min=0.02, dtype=torch.float64)
@@ -218,5 +277,6 @@ def test_end_to_end_refinement_stops_when_the_held_out_half_does_not_improve(pro
     end = sample_fitted(problem.model, problem.noise, grid, disable=True, solver=solver)
     before = [list(c) for c in solver.coefficients]
     info = {}
-    refine_end_to_end(problem.model, problem.noise, grid, end, solver, iterations=2, info=info)
+    refine_end_to_end(problem.model, problem.noise, grid, end, solver, iterations=2, info=info, move_grid=True)
     assert info["iterations"] == 0 and info["error"] == 0 and solver.coefficients == before
+    assert info["moved_nodes"] == 0 and solver.sigmas == tuple(grid.tolist())
