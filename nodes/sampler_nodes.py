@@ -212,8 +212,8 @@ class FittedSolverSampler(io.ComfyNode):
                     io.Boolean.Input("optimize_schedule", default=False, optional=True,
                                      tooltip="Also warp the sigmas (as the Optimized Schedule node) for the lowest "
                                              "error of the solver fitted on them, and with refine_iterations let "
-                                             "the refinement move each interior sigma too; then sample with the "
-                                             "SIGMAS output."),
+                                             "the refinement move each sigma after the first too; then sample with "
+                                             "the SIGMAS output."),
                     io.Int.Input("max_evaluations", default=60, min=1, max=5000, optional=True,
                                  tooltip="optimize_schedule: candidate grids (each costs one fit, steps model "
                                          "calls)."),
@@ -267,7 +267,7 @@ def solver_fitter(result: dict, prediction: str, order: int, history: int, refer
     (:func:`~..samplers.fitted_solver.optimize_fitted`; its search statistics in ``result["schedule_search"]``);
     ``refine_iterations`` > 0 then refines the coefficients end to end
     (:func:`~..samplers.fitted_solver.refine_end_to_end`; statistics in ``result["refinement"]``), with
-    ``refine_grid`` the interior σ nodes too (``result["sigmas"]`` is then the refined grid)."""
+    ``refine_grid`` the σ nodes after the first too (``result["sigmas"]`` is then the refined grid)."""
 
     def fit(model, x, sigmas, extra_args=None, callback=None, disable=None, data_end_sigma=None):
         stats = {}

@@ -294,10 +294,10 @@ def _endpoint_folds(residual):
 
 
 def _movable_nodes(grid) -> list:
-    """Indices of the grid nodes the end-to-end refinement may move: the interior ones. σ_0 (where the noise
-    starts), the last positive σ (the data end: the denoised step of VE/EPS models, the model's smallest σ) and
-    the final 0 stay."""
-    return list(range(1, len(grid) - 2))
+    """Indices of the grid nodes the end-to-end refinement may move: every positive σ but σ_0 (where the noise
+    starts) — the last positive one too (where a VE/EPS model's denoised step or a flow model's last velocity
+    step starts; the warp of :func:`optimize_fitted` moves it as well); the final 0 stays."""
+    return list(range(1, len(grid) - 1))
 
 
 def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_args=None, iterations=4,
@@ -310,7 +310,7 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
     the next iteration's cache): ≈ ``P · steps / 2`` model calls per iteration, P = the number of parameters
     (≈ 9 coefficients per step at history 8).
 
-    ``move_grid``: the interior σ nodes (:func:`_movable_nodes`, in log σ) are parameters too, as the time
+    ``move_grid``: the σ nodes after the first (:func:`_movable_nodes`, in log σ) are parameters too, as the time
     discretization is in Bespoke solvers (Shaul et al. 2023, "Bespoke Solvers for Generative Flow Models"): a
     smooth warp (:func:`optimize_fitted`) cannot place single nodes, and a model's output varies with σ at
     scales far below a step — the sinusoidal timestep embedding of SD-type networks — so that where each node
@@ -338,8 +338,9 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
             coefficients.append(values[start:start + n])
             start += n
         nodes = list(grid)
-        for index, log_sigma in zip(movable, values[coefficient_count:]):
-            nodes[index] = math.exp(log_sigma)
+        for index, log_sigma, start_log in zip(movable, values[coefficient_count:], start_logs):
+            if log_sigma != start_log:  # exp(log σ) need not round-trip: an unmoved node keeps its exact σ
+                nodes[index] = math.exp(log_sigma)
         return coefficients, nodes
 
     def decreasing(nodes):
@@ -356,8 +357,8 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
     def rms(flat):
         return float(flat.pow(2).mean().sqrt())
 
-    parameters = torch.tensor([v for c in solver.coefficients for v in c] + [math.log(grid[i]) for i in movable],
-                              dtype=torch.float64)
+    start_logs = [math.log(grid[i]) for i in movable]
+    parameters = torch.tensor([v for c in solver.coefficients for v in c] + start_logs, dtype=torch.float64)
     cache = cached_run(parameters)
     residual = cache.endpoint - endpoint
     fit_part, held_part = _endpoint_folds(residual)
@@ -369,9 +370,9 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
         for k in range(len(parameters)):
             if k < coefficient_count:
                 delta = 1e-3 * max(1.0, abs(float(parameters[k])))
-            else:  # a node: a step well inside its gaps to the neighbours
+            else:  # a node, moved up in log σ: a step well inside its gap to the node above
                 index = movable[k - coefficient_count]
-                delta = min(1e-3, 0.25 * math.log(nodes[index] / nodes[index + 1]))
+                delta = min(1e-3, 0.25 * math.log(nodes[index - 1] / nodes[index]))
             moved = parameters.clone()
             moved[k] += delta
             moved_coefficients, moved_nodes = unpack(moved)
