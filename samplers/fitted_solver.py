@@ -357,6 +357,16 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
     def rms(flat):
         return float(flat.pow(2).mean().sqrt())
 
+    def steps(normal, gradient, scale, damping):
+        """The damped Gauss–Newton candidates at this damping: all parameters, then — with nodes — the
+        coefficients alone (the endpoint is far less linear in the nodes than in the coefficients, so a step that
+        fails because of them does not hold the coefficients back to ever shorter steps)."""
+        yield parameters - torch.linalg.solve(normal + damping * scale, gradient)
+        if movable:
+            c = coefficient_count
+            coefficient_step = torch.linalg.solve(normal[:c, :c] + damping * scale[:c, :c], gradient[:c])
+            yield torch.cat([parameters[:c] - coefficient_step, parameters[c:]])
+
     start_logs = [math.log(grid[i]) for i in movable]
     parameters = torch.tensor([v for c in solver.coefficients for v in c] + start_logs, dtype=torch.float64)
     cache = cached_run(parameters)
@@ -383,20 +393,21 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
         scale = torch.diag(normal.diagonal().clamp_min(1e-300))
         improved = None
         while improved is None and damping < 1e8:  # more damping = a shorter, more conservative step
-            candidate = parameters - torch.linalg.solve(normal + damping * scale, gradient)
-            if not decreasing(unpack(candidate)[1]):
+            for candidate in steps(normal, gradient, scale, damping):
+                if not decreasing(unpack(candidate)[1]):
+                    continue
+                candidate_cache = None  # a rejected candidate's run is released before the next one is made
+                candidate_cache = cached_run(candidate)
+                candidate_residual = candidate_cache.endpoint - endpoint
+                candidate_fit, candidate_held = _endpoint_folds(candidate_residual)
+                if (candidate_fit.pow(2).sum() < fit_part.pow(2).sum()
+                        and candidate_held.pow(2).sum() < held_part.pow(2).sum()):
+                    improved = (candidate, candidate_cache, candidate_residual, candidate_fit, candidate_held)
+                    break
+            if improved is None:
                 damping *= 10
-                continue
-            candidate_cache = None  # a rejected candidate's run is released before the next one is made
-            candidate_cache = cached_run(candidate)
-            candidate_residual = candidate_cache.endpoint - endpoint
-            candidate_fit, candidate_held = _endpoint_folds(candidate_residual)
-            if (candidate_fit.pow(2).sum() < fit_part.pow(2).sum()
-                    and candidate_held.pow(2).sum() < held_part.pow(2).sum()):
-                improved = (candidate, candidate_cache, candidate_residual, candidate_fit, candidate_held)
-                damping = max(damping / 3, 1e-9)
             else:
-                damping *= 10
+                damping = max(damping / 3, 1e-9)
         if improved is None:
             break  # no step helps both halves: the held-out half stopped improving
         parameters, cache, residual, fit_part, held_part = improved
