@@ -55,12 +55,12 @@ FITTED_SCHEDULERS = ("simple", "sgm_uniform", "beta", "karras", "exponential")
 FITTED_JOINT = "fs_fitted_schedule"
 JOINT_EVALUATIONS = {"quick": 6, "standard": 60, "full": 100}
 # The same node with optimize_schedule and refine_iterations, on a larger pilot batch: the joint search from that
-# best grid, then end-to-end Levenberg–Marquardt on all coefficients. The refinement fits ~9 coefficients per
-# step to the pilot endpoint; checked on half of a 16-sample pilot it overfit (held-out test error up to 18 %
-# above the plain fit's), with 64 samples it kept improving the test error (digits-diffusion 16 NFE on karras:
-# 2.30e-3 → 2.09e-3, with CFG 3 3.40e-3 → 2.84e-3; a one-off run at 01:00–01:10 UTC 2026-11-29), and with 128
-# it improved further (the same 16-NFE cell on the standard run's grid: 2.0e-3 → 1.66e-3 measured error; a one-off
-# run at 02:30 UTC 2026-11-29).
+# best grid, then end-to-end Levenberg–Marquardt on all coefficients and (optimize_schedule being on) the σ nodes.
+# The refinement fits ~9 coefficients per step to the pilot endpoint; checked on half of a 16-sample pilot it
+# overfit (held-out test error up to 18 % above the plain fit's), with 64 samples it kept improving the test error
+# (digits-diffusion 16 NFE on karras: 2.30e-3 → 2.09e-3, with CFG 3 3.40e-3 → 2.84e-3; a one-off run at 01:00–01:10
+# UTC 2026-11-29), and with 128 it improved further (the same 16-NFE cell on the standard run's grid: 2.0e-3 →
+# 1.66e-3 measured error; a one-off run at 02:30 UTC 2026-11-29).
 FITTED_REFINED = "fs_fitted_refined"
 REFINE_ITERATIONS = {"quick": 1, "standard": 6, "full": 8}
 REFINE_PILOT_BATCH = {"quick": 16, "standard": 128, "full": 128}
@@ -506,9 +506,10 @@ def report(results, references, command, mode) -> tuple[str, dict]:
               f"the SIGMAS the node returns. `fs_fitted / {FITTED_REFINED}` is the node with both `optimize_schedule` "
               f"and `refine_iterations` = {REFINE_ITERATIONS[mode]}, fitted on a {REFINE_PILOT_BATCH[mode]}-sample pilot "
               f"(seed {PILOT_SEED}; the pilot batch is the node's latent batch): the same joint search from that best "
-              "grid, then end-to-end Levenberg–Marquardt on all coefficients against the pilot endpoint (one pilot run "
-              "per coefficient per iteration, started at the coefficient's step), each step kept only if the error "
-              "falls on both halves of the pilot."]
+              "grid, then end-to-end Levenberg–Marquardt on all coefficients and every σ node after the first "
+              "against the pilot endpoint (one pilot run per parameter per iteration, started at the step it first "
+              "acts at), each step kept only if the error falls on both halves of the pilot; the table measures the "
+              "refined SIGMAS the node returns."]
     return "\n".join(lines) + "\n", summary
 
 
