@@ -183,10 +183,9 @@ def test_end_to_end_refinement_lowers_the_endpoint_error_and_generalizes():
         refine_end_to_end(model, pilot, grid, targets[-1], solver, iterations=-1)
 
 
-def test_a_run_resumed_at_a_step_equals_the_whole_run_and_skips_the_model_calls_before_it(problem):
-    """The refinement's Jacobian restarts each perturbed run at the perturbed coefficient's step from a cached
-    run: bit-identical endpoints to running from the start, N − n model calls instead of N."""
-    from samplers.fitted_solver import _StepCache, _run
+def cached_six_step_run(problem):
+    """A 6-step fitted run cached for resuming, its solver, grid and the list its model calls append to."""
+    from samplers.fitted_solver import _StepCache
 
     grid = karras_sigmas(6, sigma_max=1.0, sigma_min=0.02, dtype=torch.float64)
     solver = FittedSolver(tuple(grid.tolist()), "data", 2, 3, True,
@@ -197,7 +196,15 @@ def test_a_run_resumed_at_a_step_equals_the_whole_run_and_skips_the_model_calls_
         calls.append(1)
         return problem.model(x, sigma, **kwargs)
 
-    cache = _StepCache(counted, problem.noise, grid, grid, None, solver)
+    return grid, solver, _StepCache(counted, problem.noise, grid.tolist(), grid, None, solver), calls
+
+
+def test_a_run_resumed_at_a_step_equals_the_whole_run_and_skips_the_model_calls_before_it(problem):
+    """The refinement's Jacobian restarts each perturbed run at the perturbed coefficient's step from a cached
+    run: bit-identical endpoints to running from the start, N − n model calls instead of N."""
+    from samplers.fitted_solver import _run
+
+    grid, solver, cache, calls = cached_six_step_run(problem)
     assert torch.equal(cache.endpoint, sample_fitted(problem.model, problem.noise, grid, disable=True, solver=solver))
     for start in range(6):
         moved = [list(c) for c in solver.coefficients]
@@ -214,19 +221,10 @@ def test_a_run_resumed_at_a_step_equals_the_whole_run_and_skips_the_model_calls_
 def test_a_run_resumed_on_a_grid_with_one_node_moved_equals_the_whole_run_on_that_grid(problem):
     """Moving node i changes the update of step i − 1 (it lands on σ_i) and everything after: the refinement's
     Jacobian column for a node restarts there, N − i model calls, bit-identical to the whole run."""
-    from samplers.fitted_solver import _StepCache, _run
+    from samplers.fitted_solver import _run
 
-    grid = karras_sigmas(6, sigma_max=1.0, sigma_min=0.02, dtype=torch.float64)
-    solver = FittedSolver(tuple(grid.tolist()), "data", 2, 3, True,
-                          [[0.05 * (i + 1)] + [0.01] * (1 + min(i, 2)) for i in range(6)])
-    calls = []
-
-    def counted(x, sigma, **kwargs):
-        calls.append(1)
-        return problem.model(x, sigma, **kwargs)
-
-    cache = _StepCache(counted, problem.noise, grid.tolist(), grid, None, solver)
-    for index in range(1, 5):
+    grid, solver, cache, calls = cached_six_step_run(problem)
+    for index in range(1, 6):
         nodes = grid.tolist()
         nodes[index] *= 1.01
         calls.clear()
