@@ -275,8 +275,8 @@ def fitted_sampler(pilot, sigmas, configuration, schedule_evaluations=0, refine_
 
     result = {}
     prediction, order, history = configuration
-    pilot.problem.run(solver_fitter(result, prediction, order, history, 1e-6, schedule_evaluations, refine_iterations,
-                                    refine_grid=schedule_evaluations > 0), sigmas.clone())
+    pilot.problem.run(solver_fitter(result, prediction, order, history, 1e-6, schedule_evaluations, refine_iterations),
+                      sigmas.clone())
     return make_sampler(core.sample_fitted, solver=result["solver"]), result["sigmas"].float(), result
 
 

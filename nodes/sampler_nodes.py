@@ -232,8 +232,7 @@ class FittedSolverSampler(io.ComfyNode):
         require_full_schedule(sigmas, who, "fit a full schedule")
         result = {}
         planner = solver_fitter(result, prediction, order, history, reference_rtol,
-                                max_evaluations if optimize_schedule else 0, refine_iterations,
-                                refine_grid=optimize_schedule)
+                                max_evaluations if optimize_schedule else 0, refine_iterations)
         try:
             sample_like_custom_advanced(guider, planner, sigmas.cpu(), latent_image, noise)
         except ValueError as error:
@@ -259,15 +258,15 @@ class FittedSolverSampler(io.ComfyNode):
 
 
 def solver_fitter(result: dict, prediction: str, order: int, history: int, reference_rtol: float,
-                  schedule_evaluations: int = 0, refine_iterations: int = 0, refine_grid: bool = False):
+                  schedule_evaluations: int = 0, refine_iterations: int = 0):
     """A SAMPLER that only fits: run through ``guider.sample`` on the target sigmas it receives the scaled pilot
     latent and the real guided model, computes the reference trajectory, stores the :class:`FittedSolver` in
     ``result["solver"]`` and its grid in ``result["sigmas"]`` (reference NFE in ``result["reference_nfe"]``)
     and returns the latent unchanged. ``schedule_evaluations`` > 0 also warps the grid
     (:func:`~..samplers.fitted_solver.optimize_fitted`; its search statistics in ``result["schedule_search"]``);
     ``refine_iterations`` > 0 then refines the coefficients end to end
-    (:func:`~..samplers.fitted_solver.refine_end_to_end`; statistics in ``result["refinement"]``), with
-    ``refine_grid`` the σ nodes after the first too (``result["sigmas"]`` is then the refined grid)."""
+    (:func:`~..samplers.fitted_solver.refine_end_to_end`; statistics in ``result["refinement"]``) — with the
+    schedule search on, the σ nodes after the first too (``result["sigmas"]`` is then the refined grid)."""
 
     def fit(model, x, sigmas, extra_args=None, callback=None, disable=None, data_end_sigma=None):
         stats = {}
@@ -293,7 +292,7 @@ def solver_fitter(result: dict, prediction: str, order: int, history: int, refer
             result["refinement"] = {}
             solver = fitted_solver.refine_end_to_end(model, x, result["sigmas"], endpoint, result["solver"],
                                                      extra_args, refine_iterations, info=result["refinement"],
-                                                     move_grid=refine_grid)
+                                                     move_grid=schedule_evaluations > 0)
             result["sigmas"] = torch.tensor(solver.sigmas, dtype=result["sigmas"].dtype,
                                             device=result["sigmas"].device)
         result["reference_nfe"] = stats.get("nfe")
