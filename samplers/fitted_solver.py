@@ -329,6 +329,7 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
     lengths = [len(c) for c in solver.coefficients]
     movable = _movable_nodes(grid) if move_grid else []
     coefficient_count = sum(lengths)
+    start_logs = [math.log(grid[i]) for i in movable]
 
     def unpack(vector):
         """(per-step coefficient lists, grid) of a parameter vector."""
@@ -367,7 +368,6 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
             coefficient_step = torch.linalg.solve(normal[:c, :c] + damping * scale[:c, :c], gradient[:c])
             yield torch.cat([parameters[:c] - coefficient_step, parameters[c:]])
 
-    start_logs = [math.log(grid[i]) for i in movable]
     parameters = torch.tensor([v for c in solver.coefficients for v in c] + start_logs, dtype=torch.float64)
     cache = cached_run(parameters)
     residual = cache.endpoint - endpoint

@@ -326,7 +326,7 @@ class TrajectoryRecorder:
             self.call_norms.append(_norm(x))  # ÷ t in finish
         point_sigmas = [sigma for sigma, _ in steps] + ([final_sigma] if final_sigma is not None else [])
         sigma = _sigma_column(point_sigmas) if point_sigmas else None
-        if steps:
+        if steps:  # before the drift below, which reuses the x rows the velocities are read from
             self._step_velocities(rows, steps, self._t(sigma[:len(steps)]))
         if calls:
             first = 0 if self._denoised_carried else 1
