@@ -2,7 +2,7 @@
 sampler × schedule, all through ComfyUI's real sampling path (CFGGuider.sample on the demo MODELs).
 
     .venv/bin/python benchmarks/quality.py            # full run (all samplers × schedulers, batch 64; hours on 2 cores)
-    .venv/bin/python benchmarks/quality.py --standard # deterministic samplers, batch 16: the published table
+    .venv/bin/python benchmarks/quality.py --standard # deterministic samplers, 64 test samples: the published table
     .venv/bin/python benchmarks/quality.py --quick --out /tmp/q.md   # CI smoke test (a few minutes)
 
 Problems: the analytic mixture (exact log-density), digits-flow and digits-diffusion with and without CFG.
@@ -39,6 +39,11 @@ OPTIMIZED = "fs_optimized"
 OPTIMIZED_SAMPLERS = ("fs_abm", "fs_exp_abm", "fs_abm3", "fs_exp_abm3")
 OPTIMIZER_EVALUATIONS = {"quick": 20, "standard": 120, "full": 200}
 PILOT_SEED = 1  # the optimized schedule is fitted on this noise and measured on seed 0
+# Samples measured per problem (seed 0) and samples of the pilots the pilot-based methods fit on (seed 1). With 16
+# test samples one borderline sample that ends in another mode decided the 4-NFE cells (analytic 4 NFE: the best
+# built-in's flip rate 2/16 = 0.12 on the first 16 samples, 4/64 = 0.06 on 64; a one-off at 08:10 UTC 2026-11-29).
+TEST_BATCH = {"quick": 16, "standard": 64, "full": 64}
+PILOT_BATCH = {"quick": 16, "standard": 16, "full": 64}
 # FlowScope configurations beyond the dropdown defaults (options of the sampler nodes).
 FLOWSCOPE_VARIANTS = {
     "fs_ab2+lo": ("sample_adams_bashforth", {"order": 2, "warm_start": "lower_order"}),
@@ -63,7 +68,14 @@ JOINT_EVALUATIONS = {"quick": 6, "standard": 60, "full": 100}
 # 1.66e-3 measured error; a one-off run at 02:30 UTC 2026-11-29).
 FITTED_REFINED = "fs_fitted_refined"
 REFINE_ITERATIONS = {"quick": 1, "standard": 6, "full": 8}
-REFINE_PILOT_BATCH = {"quick": 16, "standard": 128, "full": 128}
+# Pilot samples per budget: a refinement iteration costs ≈ 9·N²/2 pilot-batch model calls for N steps, so the short
+# grids afford larger pilots, and larger pilots kept improving the test error (one-offs at 08:00–08:10 UTC
+# 2026-11-29, measured on 64 test samples: digits-diffusion CFG 3 at 8 NFE on karras, 128 → 512 samples: 1.03e-2 →
+# 8.87e-3; digits-flow CFG 3 at 16 on beta, 128 → 256: 2.81e-3 → 2.32e-3; analytic 4 on beta, 128 → 512: 5.74e-2 →
+# 5.06e-2; digits-diffusion CFG 3 at 32 on karras with 256 samples: 8.72e-4, where the published 128-sample run had
+# 1.02e-3 on 16 test samples). Twelve iterations instead of six changed nothing at 8 NFE (the seventh is rejected).
+REFINE_PILOT_BATCH = {"quick": {4: 16, 8: 16}, "standard": {4: 512, 8: 512, 16: 256, 32: 256},
+                      "full": {4: 512, 8: 512, 16: 256, 32: 256}}
 ADAPTIVE_STEP_COST = {"fs_bosh3": 4, "fs_dopri5": 7}  # NFE of the first embedded step (FSAL afterwards)
 
 
@@ -293,7 +305,7 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
     import comfy.samplers
 
     sampler_info = pack_module("samplers").SAMPLER_INFO
-    batch = {"quick": 16, "standard": 16, "full": 64}[mode]
+    batch, pilot_batch = TEST_BATCH[mode], PILOT_BATCH[mode]
     problem_specs = [("analytic", "analytic", 1.0), ("digits-flow", "digits-flow", 1.0),
                      ("digits-flow cfg 3", "digits-flow", 3.0), ("digits-diffusion", "digits-diffusion", 1.0),
                      ("digits-diffusion cfg 3", "digits-diffusion", 3.0)]
@@ -313,11 +325,11 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
         log(f"[{problem_name}] reference: {reference_nfe} NFE, accuracy {accuracy:.2e}")
         grids, nfe_models, optimized_grids = {}, {}, {}
         best_fits = {}  # (sampler, budget) → (pilot error, sigmas) of the best plain fit: where joint/refined start
-        pilot = refine_pilot = None
+        pilot, refine_pilots = None, {}  # refine_pilots: batch → Pilot
         for family, sampler_name, scheduler in contenders(mode):
             if sampler_name in FITTED_SOLVERS:
                 if pilot is None:
-                    pilot = Pilot(problem_name, model_name, cfg, batch, 1e-6)
+                    pilot = Pilot(problem_name, model_name, cfg, pilot_batch, 1e-6)
                 for budget in budgets:  # 1 NFE per step: steps = budget
                     if scheduler in (FITTED_JOINT, FITTED_REFINED):
                         sigmas = best_fits.get((sampler_name, budget), (None, None))[1]
@@ -330,10 +342,11 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
                     evaluations = JOINT_EVALUATIONS[mode] if scheduler in (FITTED_JOINT, FITTED_REFINED) else 0
                     iterations = REFINE_ITERATIONS[mode] if scheduler == FITTED_REFINED else 0
                     fit_pilot = pilot
-                    if scheduler == FITTED_REFINED and REFINE_PILOT_BATCH[mode] != batch:
-                        if refine_pilot is None:
-                            refine_pilot = Pilot(problem_name, model_name, cfg, REFINE_PILOT_BATCH[mode], None)
-                        fit_pilot = refine_pilot
+                    refine_batch = REFINE_PILOT_BATCH[mode][budget]
+                    if scheduler == FITTED_REFINED and refine_batch != pilot_batch:
+                        if refine_batch not in refine_pilots:
+                            refine_pilots[refine_batch] = Pilot(problem_name, model_name, cfg, refine_batch, None)
+                        fit_pilot = refine_pilots[refine_batch]
                     sampler, sigmas, fit = fitted_sampler(fit_pilot, sigmas, FITTED_SOLVERS[sampler_name], evaluations,
                                                           iterations)
                     samples, nfe = problem.run(sampler, sigmas.clone())
@@ -394,7 +407,7 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
                         return trajectory_adaptive_grid(problem, steps, min(order, 4), grids)
                 elif scheduler == OPTIMIZED:
                     if pilot is None:
-                        pilot = Pilot(problem_name, model_name, cfg, batch, 1e-6)
+                        pilot = Pilot(problem_name, model_name, cfg, pilot_batch, 1e-6)
                         log(f"[{problem_name}] pilot reference (seed {PILOT_SEED}): {pilot.reference_nfe} NFE, "
                             f"accuracy {pilot.accuracy:.2e}")
 
@@ -444,7 +457,8 @@ def report(results, references, command, mode) -> tuple[str, dict]:
         f"{torch.get_num_threads()} threads; torch {torch.__version__}; mode: {mode}.", "",
         "References (fs_dopri5, tight tolerance, same noise): " + "; ".join(
             f"{name}: {ref['nfe']} NFE, own accuracy {ref['accuracy']:.1e}" for name, ref in references.items()), "",
-        "Best configuration per family and budget (RMS error over samples and latent dimensions; mode flip = share "
+        f"Best configuration per family and budget, measured on {TEST_BATCH[mode]} samples of noise seed 0 (RMS error "
+        "over samples and latent dimensions; mode flip = share "
         "of samples whose mixture component / digit class differs from the reference's; Δlog p = mean exact "
         "log-likelihood shift against the reference, analytic only). The ratio is FlowScope's best error over the "
         "built-in best; the target is ≤ 0.5 with no worse mode-flip rate.", "",
@@ -492,8 +506,8 @@ def report(results, references, command, mode) -> tuple[str, dict]:
     lines += ["", "Skipped built-ins: " + "; ".join(f"{k} ({v})" for k, v in SKIPPED_BUILTINS.items()),
               f"`{TRAJECTORY_ADAPTIVE}` is the trajectory-adaptive schedule; its 16-step Heun pilot (32 NFE, once "
               "per prompt) is not counted in the budget.",
-              f"`{OPTIMIZED}` is the Optimized Schedule node: fitted on pilot noise of seed {PILOT_SEED} (the table "
-              f"measures seed 0) from the pilot's best dropdown schedule, {OPTIMIZER_EVALUATIONS[mode]} pilot runs "
+              f"`{OPTIMIZED}` is the Optimized Schedule node: fitted on {PILOT_BATCH[mode]} samples of pilot noise of seed "
+              f"{PILOT_SEED} (the table measures seed 0) from the pilot's best dropdown schedule, {OPTIMIZER_EVALUATIONS[mode]} pilot runs "
               "of the sampler plus one reference solve, once per model, sampler and step count; not counted in the "
               "budget.",
               "`fs_fitted` / `fs_fitted_v` are the Fitted Solver node (base update data / velocity, order 3, history "
@@ -504,8 +518,9 @@ def report(results, references, command, mode) -> tuple[str, dict]:
               f"at 256 σ, then {JOINT_EVALUATIONS[mode]} candidate warps of the grid whose plain fit had the lowest "
               "pilot error, each fitted and scored on the pilot (N model calls per candidate); the table measures "
               f"the SIGMAS the node returns. `fs_fitted / {FITTED_REFINED}` is the node with both `optimize_schedule` "
-              f"and `refine_iterations` = {REFINE_ITERATIONS[mode]}, fitted on a {REFINE_PILOT_BATCH[mode]}-sample pilot "
-              f"(seed {PILOT_SEED}; the pilot batch is the node's latent batch): the same joint search from that best "
+              f"and `refine_iterations` = {REFINE_ITERATIONS[mode]}, fitted on a pilot of (" + ", ".join(
+                  f"{batch} samples at {budget} NFE" for budget, batch in REFINE_PILOT_BATCH[mode].items()) + "; "
+              f"seed {PILOT_SEED}; the pilot batch is the node's latent batch): the same joint search from that best "
               "grid, then end-to-end Levenberg–Marquardt on all coefficients and every σ node after the first "
               "against the pilot endpoint (one pilot run per parameter per iteration, started at the step it first "
               "acts at), each step kept only if the error falls on both halves of the pilot; the table measures the "
@@ -538,7 +553,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few samplers, 3 problems, budgets 4 and 8 (CI)")
     parser.add_argument("--standard", action="store_true",
-                        help="all problems and budgets, deterministic samplers only, batch 16 (≈ 30 min on 2 cores)")
+                        help="all problems and budgets, deterministic samplers only, 64 test samples (≈ 75 min on 2 cores)")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "benchmark_quality.md")
     args = parser.parse_args()
     torch.set_num_threads(2)
