@@ -221,7 +221,8 @@ class FittedSolverSampler(io.ComfyNode):
                                  tooltip="End-to-end refinement (0 = off): Levenberg–Marquardt on all coefficients "
                                          "against the pilot endpoint, checked on a held-out half of the pilot. "
                                          "Each iteration costs ≈ 4.5 × steps² model calls (history 8; ≈ 5 × steps² "
-                                         "when it moves the sigmas too): for ≤ 16 steps on large models.")],
+                                         "when it moves the sigmas too): for ≤ 16 steps on large models. Give it a "
+                                         "larger pilot batch than the plain fit (a few latents overfit).")],
             outputs=[io.Sampler.Output(), io.String.Output(display_name="report"),
                      io.Sigmas.Output(display_name="sigmas")])
 
