@@ -69,11 +69,12 @@ JOINT_EVALUATIONS = {"quick": 6, "standard": 60, "full": 100}
 FITTED_REFINED = "fs_fitted_refined"
 REFINE_ITERATIONS = {"quick": 1, "standard": 6, "full": 8}
 # Pilot samples per budget: a refinement iteration costs ≈ 9·N²/2 pilot-batch model calls for N steps, so the short
-# grids afford larger pilots, and larger pilots kept improving the test error (one-offs at 08:00–08:10 UTC
-# 2026-11-29, measured on 64 test samples: digits-diffusion CFG 3 at 8 NFE on karras, 128 → 512 samples: 1.03e-2 →
-# 8.87e-3; digits-flow CFG 3 at 16 on beta, 128 → 256: 2.81e-3 → 2.32e-3; analytic 4 on beta, 128 → 512: 5.74e-2 →
-# 5.06e-2; digits-diffusion CFG 3 at 32 on karras with 256 samples: 8.72e-4, where the published 128-sample run had
-# 1.02e-3 on 16 test samples). Twelve iterations instead of six changed nothing at 8 NFE (the seventh is rejected).
+# grids afford larger pilots, and larger pilots kept improving the test error (one-offs at 08:00–08:20 UTC
+# 2026-11-29, measured on 64 test samples: digits-diffusion CFG 3 at 8 NFE on karras, 128 → 512 samples:
+# 1.03e-2 → 8.87e-3; digits-flow CFG 3 at 16 on beta, 128 → 256: 2.81e-3 → 2.32e-3; analytic 4 on beta,
+# 128 → 512: 5.74e-2 → 5.06e-2; digits-diffusion CFG 3 at 32 on karras with 256 samples: 8.72e-4, where the
+# published 128-sample run had 1.02e-3 from another start grid on 16 test samples). Twelve iterations instead of
+# six changed nothing at 8 NFE (the seventh is rejected).
 REFINE_PILOT_BATCH = {"quick": {4: 16, 8: 16}, "standard": {4: 512, 8: 512, 16: 256, 32: 256},
                       "full": {4: 512, 8: 512, 16: 256, 32: 256}}
 ADAPTIVE_STEP_COST = {"fs_bosh3": 4, "fs_dopri5": 7}  # NFE of the first embedded step (FSAL afterwards)
@@ -506,8 +507,9 @@ def report(results, references, command, mode) -> tuple[str, dict]:
     lines += ["", "Skipped built-ins: " + "; ".join(f"{k} ({v})" for k, v in SKIPPED_BUILTINS.items()),
               f"`{TRAJECTORY_ADAPTIVE}` is the trajectory-adaptive schedule; its 16-step Heun pilot (32 NFE, once "
               "per prompt) is not counted in the budget.",
-              f"`{OPTIMIZED}` is the Optimized Schedule node: fitted on {PILOT_BATCH[mode]} samples of pilot noise of seed "
-              f"{PILOT_SEED} (the table measures seed 0) from the pilot's best dropdown schedule, {OPTIMIZER_EVALUATIONS[mode]} pilot runs "
+              f"`{OPTIMIZED}` is the Optimized Schedule node: fitted on {PILOT_BATCH[mode]} samples of pilot noise "
+              f"of seed {PILOT_SEED} (the table measures seed 0) from the pilot's best dropdown schedule, "
+              f"{OPTIMIZER_EVALUATIONS[mode]} pilot runs "
               "of the sampler plus one reference solve, once per model, sampler and step count; not counted in the "
               "budget.",
               "`fs_fitted` / `fs_fitted_v` are the Fitted Solver node (base update data / velocity, order 3, history "
@@ -553,7 +555,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few samplers, 3 problems, budgets 4 and 8 (CI)")
     parser.add_argument("--standard", action="store_true",
-                        help="all problems and budgets, deterministic samplers only, 64 test samples (≈ 75 min on 2 cores)")
+                        help="all problems and budgets, deterministic samplers only, 64 test samples "
+                             "(≈ 75 min on 2 cores)")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "benchmark_quality.md")
     args = parser.parse_args()
     torch.set_num_threads(2)
