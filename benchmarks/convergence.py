@@ -43,8 +43,8 @@ def main():
              f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: "
              f"{platform.processor() or platform.machine()}; torch {torch.__version__}.", "",
              "RMS endpoint error against the problem's reference (the quality benchmark's problems, its first 16 "
-             "test samples (seed 0), CFG 1) at 16…256 steps of one schedule per problem; *local order* is log₂ of the error ratio "
-             "between consecutive step counts (a p-th order method on a smooth ODE shows ≈ p).", "",
+             "test samples (seed 0), CFG 1) at 16…256 steps of one schedule per problem; *local order* is log₂ of "
+             "the error ratio between consecutive step counts (a p-th order method on a smooth ODE shows ≈ p).", "",
              "| problem / schedule | sampler | " + " | ".join(f"{n} steps" for n in STEPS) + " | local orders |",
              "|---|---|" + "---|" * len(STEPS) + "---|"]
     for problem_name, model_name, scheduler in CASES:
