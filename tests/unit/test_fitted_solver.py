@@ -184,13 +184,13 @@ def test_end_to_end_refinement_lowers_the_endpoint_error_and_generalizes():
 
 
 def test_end_to_end_refinement_is_not_held_back_by_one_outlying_pilot_sample():
-    """One held-out pilot sample whose error rises whenever its own falls — its target moved 50 × its starting error
-    further along that error, as a sample near a mode boundary swings — must not decide the guard: each sample's
-    error is capped at 3 × the half's median, and the refinement ends as near the truth on 256 held-out samples
-    as without the outlier. (Measured at the time of writing: held out 2.72e-3 with and without it; the uncapped
-    guard kept one iteration of three and ended at 3.79e-3.)"""
+    """One held-out pilot sample whose error rises whenever its own falls — its target moved 2000 × its starting
+    error further along that error, as a sample near a mode boundary swings — must not decide the guard: each half's
+    largest 2 % of sample errors are left out (one of the 64 held-out samples here), and the refinement ends as
+    near the truth on 256 held-out samples as without the outlier. (Measured at the time of writing: 2.25e-3 with
+    and without it; the untrimmed guard kept no iteration and stayed at the step-by-step fit's 1.36e-2.)"""
     model = denoiser_of(make_mixture(stds=(0.5, 0.6), spread=0.5))
-    pilot, held_out = noise(21, 32), noise(22, 256)
+    pilot, held_out = noise(21, 128), noise(22, 256)
     grid = uniform(4)
     targets = reference_trajectory(model, pilot, grid, rtol=1e-9, data_end_sigma=DATA_END_SIGMA)
     truth = pilot_reference(model, held_out, 1.0, rtol=1e-9, data_end_sigma=DATA_END_SIGMA)
@@ -200,7 +200,7 @@ def test_end_to_end_refinement_is_not_held_back_by_one_outlying_pilot_sample():
                             data_end_sigma=DATA_END_SIGMA, disable=True)
         endpoint = targets[-1].clone()
         if outlier:  # sample 1: in the held-out half (odd samples)
-            endpoint[1] += 50 * (sample_fitted(model, pilot, grid, disable=True, solver=solver) - targets[-1])[1]
+            endpoint[1] += 2000 * (sample_fitted(model, pilot, grid, disable=True, solver=solver) - targets[-1])[1]
         info = {}
         refine_end_to_end(model, pilot, grid, endpoint, solver, iterations=3, info=info)
         held_out_errors.append(rms(sample_fitted(model, held_out, grid, disable=True, solver=solver), truth))
