@@ -313,7 +313,7 @@ def log_refinement(log, sampler_name, budget, pilot, fit, label):
     log(f"  {sampler_name}/{FITTED_REFINED}@{budget} ({label}): {pilot.problem.noise.shape[0]}-sample pilot, "
         f"joint search {search['base_error']:.2e} → {search['error']:.2e}, refinement {refined['error_before']:.2e} "
         f"→ {refined['error']:.2e} (held-out half {refined['held_out_before']:.2e} → {refined['held_out']:.2e}, "
-        f"{refined['iterations']} iterations kept)")
+        f"{refined['iterations']} iterations kept of {refined['accepted']} accepted)")
 
 
 def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
