@@ -575,7 +575,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a few samplers, 3 problems, budgets 4 and 8 (CI)")
     parser.add_argument("--standard", action="store_true",
                         help="all problems and budgets, deterministic samplers only, 64 test samples "
-                             "(≈ 85 min on 2 cores)")
+                             "(≈ 80–85 min on 2 cores)")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "benchmark_quality.md")
     args = parser.parse_args()
     torch.set_num_threads(2)
