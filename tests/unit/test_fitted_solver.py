@@ -187,10 +187,10 @@ def test_end_to_end_refinement_returns_the_iterate_with_the_lowest_untrimmed_hel
     """When no step lowers the error on both pilot halves, the guard takes one whose least-trimmed sums fall (each
     half without its largest 2 % of sample errors — one of the 64 held-out samples here), so it goes on past a step
     that raises one sample's error; the refinement then returns the iterate whose *untrimmed* held-out error is
-    lowest. One held-out pilot sample is made to get worse whenever
-    its own error falls (its target moved 2000 × its starting error further along that error): the guard accepts
-    the steps that help the 63 others, and since the outlier dominates the untrimmed error, the start is returned
-    unchanged. Without the outlier all three steps are returned."""
+    lowest. One held-out pilot sample is made to get worse whenever its own error falls (its target moved 2000 ×
+    its starting error further along that error): the guard accepts the steps that help the 63 others, and since
+    the outlier dominates the untrimmed error, the start is returned unchanged. Without the outlier all three
+    steps are returned."""
     model = denoiser_of(make_mixture(stds=(0.5, 0.6), spread=0.5))
     pilot = noise(21, 128)
     grid = uniform(4)
