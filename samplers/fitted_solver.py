@@ -413,7 +413,7 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
     fit_part, held_part = _endpoint_folds(residual)
     start_error, start_held = rms(residual.double()), rms(held_part)
     kept, damping = 0, 1e-3
-    best = (start_held, 0, parameters, residual, held_part)  # the iterate returned: lowest held-out error
+    best = (start_held, 0, parameters, residual)  # the iterate returned: lowest held-out error
     for _ in range(iterations):
         jacobian = torch.empty(fit_part.numel(), len(parameters), dtype=torch.float64)
         nodes = unpack(parameters)[1]
@@ -455,10 +455,10 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
             break  # no step helps both halves: the held-out half stopped improving
         parameters, cache, residual, fit_part, held_part = improved
         kept += 1
-        if rms(held_part) < best[0]:
-            best = (rms(held_part), kept, parameters, residual, held_part)
-    cache = None
-    held_out, chosen, parameters, residual, held_part = best
+        held_out = rms(held_part)
+        if held_out < best[0]:
+            best = (held_out, kept, parameters, residual)
+    held_out, chosen, parameters, residual = best
     solver.coefficients, nodes = unpack(parameters)
     solver.sigmas = tuple(nodes)
     if info is not None:
