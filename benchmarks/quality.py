@@ -316,19 +316,23 @@ def log_refinement(log, sampler_name, budget, pilot, fit, label):
         f"{refined['iterations']} iterations kept of {refined['accepted']} accepted)")
 
 
-def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
+PROBLEMS = [("analytic", "analytic", 1.0), ("digits-flow", "digits-flow", 1.0),
+            ("digits-flow cfg 3", "digits-flow", 3.0), ("digits-diffusion", "digits-diffusion", 1.0),
+            ("digits-diffusion cfg 3", "digits-diffusion", 3.0)]
+
+
+def benchmark(mode: str, log=lambda *a: print(*a, flush=True), problems=None, budgets=None):
+    """Rows of every contender on every problem and budget of ``mode``; ``problems``/``budgets`` (names, NFE
+    budgets) restrict a run to some cells — each cell's contenders are the same as in the whole run."""
     quick = mode == "quick"
     boot()
     import comfy.samplers
 
     sampler_info = pack_module("samplers").SAMPLER_INFO
     batch, pilot_batch = TEST_BATCH[mode], PILOT_BATCH[mode]
-    problem_specs = [("analytic", "analytic", 1.0), ("digits-flow", "digits-flow", 1.0),
-                     ("digits-flow cfg 3", "digits-flow", 3.0), ("digits-diffusion", "digits-diffusion", 1.0),
-                     ("digits-diffusion cfg 3", "digits-diffusion", 3.0)]
-    budgets = (4, 8) if quick else BUDGETS
-    if quick:
-        problem_specs = problem_specs[:2] + problem_specs[3:4]
+    problem_specs = PROBLEMS[:2] + PROBLEMS[3:4] if quick else PROBLEMS
+    budgets = [b for b in ((4, 8) if quick else BUDGETS) if budgets is None or b in budgets]
+    problem_specs = [spec for spec in problem_specs if problems is None or spec[0] in problems]
     labeler = Labeler()
     results, references = [], {}
     start_schedulers = sorted({sch for _, _, sch in contenders(mode)
@@ -342,11 +346,19 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
         log(f"[{problem_name}] reference: {reference_nfe} NFE, accuracy {accuracy:.2e}")
         grids, nfe_models, optimized_grids = {}, {}, {}
         plain_fits = {}  # (sampler, budget) → [(pilot error, sigmas)] of the plain fits: where joint/refined start
-        pilot, refine_pilots = None, {}  # refine_pilots: batch → Pilot
+        pilots = {}  # batch → Pilot (seed PILOT_SEED); the fits' pilot of pilot_batch samples has its reference
+
+        def pilot(samples=pilot_batch):
+            if samples not in pilots:
+                with_reference = samples == pilot_batch
+                pilots[samples] = Pilot(problem_name, model_name, cfg, samples, 1e-6 if with_reference else None)
+                if with_reference:
+                    log(f"[{problem_name}] pilot reference (seed {PILOT_SEED}): {pilots[samples].reference_nfe} NFE, "
+                        f"accuracy {pilots[samples].accuracy:.2e}")
+            return pilots[samples]
+
         for family, sampler_name, scheduler in contenders(mode):
             if sampler_name in FITTED_SOLVERS:
-                if pilot is None:
-                    pilot = Pilot(problem_name, model_name, cfg, pilot_batch, 1e-6)
                 for budget in budgets:  # 1 NFE per step: steps = budget
                     if scheduler in (FITTED_JOINT, FITTED_REFINED):
                         starts = start_grids(plain_fits.get((sampler_name, budget), []))
@@ -359,18 +371,16 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
                         continue
                     evaluations = JOINT_EVALUATIONS[mode] if scheduler in (FITTED_JOINT, FITTED_REFINED) else 0
                     iterations = REFINE_ITERATIONS[mode] if scheduler == FITTED_REFINED else 0
-                    fit_pilot = pilot
-                    refine_batch = REFINE_PILOT_BATCH[mode][budget]
-                    if scheduler == FITTED_REFINED and refine_batch != pilot_batch:
-                        if refine_batch not in refine_pilots:
-                            refine_pilots[refine_batch] = Pilot(problem_name, model_name, cfg, refine_batch, None)
-                        fit_pilot = refine_pilots[refine_batch]
-                    sampler, sigmas, fit = fitted_sampler(fit_pilot, sigmas, FITTED_SOLVERS[sampler_name], evaluations,
-                                                          iterations)
+                    fit_pilot = pilot(REFINE_PILOT_BATCH[mode][budget] if scheduler == FITTED_REFINED else pilot_batch)
+
+                    def fit_on(start, fit_pilot=fit_pilot, evaluations=evaluations, iterations=iterations,
+                               configuration=FITTED_SOLVERS[sampler_name]):
+                        return fitted_sampler(fit_pilot, start, configuration, evaluations, iterations)
+
+                    sampler, sigmas, fit = fit_on(sigmas)
                     if scheduler == FITTED_REFINED and fit["refinement"]["iterations"] < iterations and len(starts) > 1:
                         log_refinement(log, sampler_name, budget, fit_pilot, fit, "best plain-fit grid; stopped early")
-                        retry = fitted_sampler(fit_pilot, starts[1], FITTED_SOLVERS[sampler_name], evaluations,
-                                               iterations)
+                        retry = fit_on(starts[1])
                         log_refinement(log, sampler_name, budget, fit_pilot, retry[2], "second-best plain-fit grid")
                         if retry[2]["refinement"]["error"] < fit["refinement"]["error"]:
                             sampler, sigmas, fit = retry
@@ -424,14 +434,9 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True)):
                     def sigmas_for(steps, order=order):
                         return trajectory_adaptive_grid(problem, steps, min(order, 4), grids)
                 elif scheduler == OPTIMIZED:
-                    if pilot is None:
-                        pilot = Pilot(problem_name, model_name, cfg, pilot_batch, 1e-6)
-                        log(f"[{problem_name}] pilot reference (seed {PILOT_SEED}): {pilot.reference_nfe} NFE, "
-                            f"accuracy {pilot.accuracy:.2e}")
-
                     def sigmas_for(steps, name=sampler_name, factory=factory, budget=budget):
                         sigmas, start, result = optimized_grid(
-                            pilot, name, lambda: factory(budget), steps, start_schedulers,
+                            pilot(), name, lambda: factory(budget), steps, start_schedulers,
                             OPTIMIZER_EVALUATIONS[mode], optimized_grids)
                         log(f"  {name}/{OPTIMIZED}@{steps} steps: from {start}, pilot error "
                             f"{result['base_error']:.2e} → {result['error']:.2e} ({result['evaluations']} runs)")
@@ -578,11 +583,18 @@ def main():
                         help="all problems and budgets, deterministic samplers only, 64 test samples "
                              "(≈ 80–85 min on 2 cores)")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "benchmark_quality.md")
+    parser.add_argument("--problems", nargs="+", choices=[name for name, _, _ in PROBLEMS],
+                        help="only these problems (one-off measurements; the published table has all)")
+    parser.add_argument("--budgets", nargs="+", type=int, choices=BUDGETS, help="only these NFE budgets")
     args = parser.parse_args()
     torch.set_num_threads(2)
     mode = "quick" if args.quick else "standard" if args.standard else "full"
     command = "python benchmarks/quality.py" + ("" if mode == "full" else f" --{mode}")
-    results, references = benchmark(mode)
+    if args.problems:
+        command += " --problems " + " ".join(f"'{name}'" for name in args.problems)
+    if args.budgets:
+        command += " --budgets " + " ".join(map(str, args.budgets))
+    results, references = benchmark(mode, problems=args.problems, budgets=args.budgets)
     text, summary = report(results, references, command, mode)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -288,22 +288,48 @@ def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", or
 
 
 def _endpoint_folds(residual):
-    """The two halves (:func:`_two_folds`) of an endpoint residual ``[B, …]`` as flat float64 vectors."""
+    """The two halves (:func:`_two_folds`) of an endpoint residual ``[B, …]`` as float64 rows, one per sample
+    (a batch of one, split along the latent: one row each)."""
     flat = residual.double().reshape(residual.shape[0], -1)
-    return tuple(flat[fold].reshape(-1) for fold in _two_folds(*flat.shape))
+    return tuple(flat[fold] for fold in _two_folds(*flat.shape))
 
 
 TRIMMED_FRACTION = 0.02  # the refinement's guard leaves out this fraction of each half's largest sample errors
+START_DAMPING, MAX_DAMPING = 1e-3, 1e8  # the refinement's Levenberg–Marquardt damping: first try, give up past it
 
 
-def _trimmed_squared_error(part, row_size) -> float:
-    """The sum of the per-sample mean squared errors of a flat fold (:func:`_endpoint_folds`, rows of
-    ``row_size``; ``row_size=None``, a batch of one split along the latent: one row) without the largest
+def _trimmed_squared_error(rows) -> float:
+    """The sum of the per-sample mean squared errors of a fold (:func:`_endpoint_folds`) without the largest
     ⌊:data:`TRIMMED_FRACTION` × samples⌋ of them — a least-trimmed-squares criterion."""
-    rows = part.reshape(-1, row_size) if row_size else part.reshape(1, -1)
     mean_squares = rows.pow(2).mean(1)
     kept = len(mean_squares) - int(TRIMMED_FRACTION * len(mean_squares))
     return float(mean_squares.sort().values[:kept].sum())
+
+
+def search_damping(judge, damping: float):
+    """The refinement's Levenberg–Marquardt damping search. ``judge(d)`` tries the candidate steps of damping ``d``
+    and returns (an outcome that passes the guard, a candidate that passes only the trimmed guard), each or both
+    None. From ``damping`` the damping grows tenfold (a shorter, more conservative step) up to :data:`MAX_DAMPING`;
+    when no candidate passes, the dampings from :data:`START_DAMPING` up to ``damping`` are tried too: a step
+    found at high damping leaves the damping high, and the guard — the error on both pilot halves, not the
+    objective the step minimizes — is not monotone in the step length. Returns (outcome, its damping, None), or
+    (None, None, fallback) with fallback = (the least damped trimmed-guard candidate, its damping) or None."""
+    def ladder(low, stop):
+        fallback = None
+        while low < stop:
+            passed, trimmed = judge(low)
+            if passed is not None:
+                return passed, low, None
+            if fallback is None and trimmed is not None:
+                fallback = trimmed, low
+            low *= 10
+        return None, None, fallback
+
+    outcome, found, fallback = ladder(damping, MAX_DAMPING)
+    if outcome is None and damping > START_DAMPING:
+        outcome, found, less_damped = ladder(START_DAMPING, damping)
+        fallback = None if outcome is not None else less_damped or fallback
+    return outcome, found, fallback
 
 
 def _movable_nodes(grid) -> list:
@@ -332,10 +358,11 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
 
     Overfitting guard, like the ridge's cross-validation: each step is computed on one half of the pilot
     (even samples, or the first half of the latent for a batch of one) and accepted only if the error falls on
-    both halves — otherwise the damping grows (a shorter step) until one does; the refinement stops when no
-    step helps the held-out half. When no step passes at any damping, a step whose *least-trimmed* errors
-    fall on both halves (each half without its largest :data:`TRIMMED_FRACTION` of per-sample errors, none
-    below 50 samples) is taken instead (the least damped one found): a pilot sample near a mode boundary can
+    both halves — otherwise the damping grows (a shorter step) until one does, and when none does, the dampings
+    below the current one are tried too (:func:`search_damping`); the refinement stops when no step helps the
+    held-out half. When no step passes at any damping, a step whose
+    *least-trimmed* errors fall on both halves (each half without its largest :data:`TRIMMED_FRACTION` of
+    per-sample errors, none below 50 samples) is taken instead (the least damped one found): a pilot sample near a mode boundary can
     end in either mode, and its error, swinging by far more than the others', otherwise vetoes every step
     (measured: a 512-sample pilot of the analytic mixture at 8 NFE, where the plain guard rejected every step:
     README, Quality). Since the left-out samples may then drift, the refinement returns the iterate with the
@@ -390,13 +417,11 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
             coefficient_step = torch.linalg.solve(normal[:c, :c] + damping * scale[:c, :c], gradient[:c])
             yield torch.cat([parameters[:c] - coefficient_step, parameters[c:]])
 
-    row_size = math.prod(x.shape[1:]) if x.shape[0] >= 2 else None
-
     def plain_errors(fit, held):
         return float(fit.pow(2).sum()), float(held.pow(2).sum())
 
     def trimmed_errors(fit, held):
-        return _trimmed_squared_error(fit, row_size), _trimmed_squared_error(held, row_size)
+        return _trimmed_squared_error(fit), _trimmed_squared_error(held)
 
     def falls(errors, before):
         return errors[0] < before[0] and errors[1] < before[1]
@@ -412,7 +437,7 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
     residual = cache.endpoint - endpoint
     fit_part, held_part = _endpoint_folds(residual)
     start_error, start_held = rms(residual.double()), rms(held_part)
-    kept, damping = 0, 1e-3
+    kept, damping = 0, START_DAMPING
     best = (start_held, 0, parameters, residual)  # the iterate returned: lowest held-out error
     for _ in range(iterations):
         jacobian = torch.empty(fit_part.numel(), len(parameters), dtype=torch.float64)
@@ -427,33 +452,34 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
             moved[k] += delta
             moved_coefficients, moved_nodes = unpack(moved)
             moved_end = cache.run_from(step_of[k], moved_coefficients, moved_nodes)
-            jacobian[:, k] = (_endpoint_folds(moved_end - endpoint)[0] - fit_part) / delta
+            jacobian[:, k] = ((_endpoint_folds(moved_end - endpoint)[0] - fit_part) / delta).reshape(-1)
         cache = None  # one cache alive at a time: the candidates' runs below keep theirs
-        gradient, normal = jacobian.T @ fit_part, jacobian.T @ jacobian
+        gradient, normal = jacobian.T @ fit_part.reshape(-1), jacobian.T @ jacobian
         scale = torch.diag(normal.diagonal().clamp_min(1e-300))
         current = plain_errors(fit_part, held_part), trimmed_errors(fit_part, held_part)
-        improved = fallback = None
-        while improved is None and damping < 1e8:  # more damping = a shorter, more conservative step
+
+        def judge(damping):
+            """This damping's candidates against the guard: (the outcome of the first that passes it, the first
+            whose trimmed errors fall) — each None when there is none."""
+            trimmed = None
             for candidate in steps(normal, gradient, scale, damping):
                 if not decreasing(unpack(candidate)[1]):
                     continue
-                outcome = None  # a rejected candidate's run is released before the next one is made
                 outcome = evaluate(candidate)
                 if falls(plain_errors(*outcome[3:]), current[0]):
-                    improved = outcome
-                    break
-                if fallback is None and falls(trimmed_errors(*outcome[3:]), current[1]):
-                    fallback = candidate, damping
-            if improved is None:
-                damping *= 10
-            else:
-                damping = max(damping / 3, 1e-9)
+                    return outcome, trimmed
+                if trimmed is None and falls(trimmed_errors(*outcome[3:]), current[1]):
+                    trimmed = candidate
+                outcome = None  # a rejected candidate's run is released before the next one is made
+            return None, trimmed
+
+        improved, found, fallback = search_damping(judge, damping)
         if improved is None and fallback is not None:  # only the trimmed sums fall: take that step, run again
-            outcome = None
-            improved, damping = evaluate(fallback[0]), max(fallback[1] / 3, 1e-9)
+            improved, found = evaluate(fallback[0]), fallback[1]
         if improved is None:
             break  # no step helps both halves: the held-out half stopped improving
         parameters, cache, residual, fit_part, held_part = improved
+        damping = max(found / 3, 1e-9)
         kept += 1
         held_out = rms(held_part)
         if held_out < best[0]:

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from tests.unit.analytic_problems import DATA_END_SIGMA, denoiser_of, make_mixture, rms, uniform
-from samplers.fitted_solver import (FittedSolver, dense_reference, fit_solver, least_squares_coefficients,
-                                    optimize_fitted, reference_trajectory, refine_end_to_end, sample_fitted)
+from samplers.fitted_solver import (START_DAMPING, FittedSolver, dense_reference, fit_solver,
+                                    least_squares_coefficients, optimize_fitted, reference_trajectory,
+                                    refine_end_to_end, sample_fitted, search_damping)
 from samplers.predictor_corrector import sample_multistep_pc
 from samplers.schedule_optimization import pilot_reference
 from samplers.schedules import karras_sigmas
@@ -210,6 +211,37 @@ def test_end_to_end_refinement_returns_the_iterate_with_the_lowest_untrimmed_hel
     assert clean["accepted"] == clean["iterations"] == 3 and clean["held_out"] < clean["held_out_before"], clean
     assert outlying["accepted"] >= 1 and outlying["iterations"] == 0, outlying
     assert outlying["held_out"] == outlying["held_out_before"] and solver.coefficients == start
+
+
+def damping_judge(passes, trimmed_passes):
+    """A guard that passes the dampings in ``passes`` (a trimmed-only pass in ``trimmed_passes``), recording the
+    dampings it is asked about (rounded to their power of ten)."""
+    tried = []
+
+    def judge(damping):
+        exponent = round(torch.log10(torch.tensor(damping)).item())
+        tried.append(exponent)
+        return (f"step at 1e{exponent}" if exponent in passes else None,
+                f"trimmed at 1e{exponent}" if exponent in trimmed_passes else None)
+
+    return judge, tried
+
+
+def test_the_damping_search_tries_the_lower_dampings_only_when_nothing_passes_from_the_current_one_up():
+    """After a step found at damping 1e4 the search starts there; a guard that only passes at 1e-2 is still found
+    (the dampings below 1e4 are tried once the ladder up to 1e8 fails), a pass above the current damping ends the
+    search before the lower ones are tried, and a trimmed-only fallback is the least damped one seen."""
+    judge, tried = damping_judge(passes={-2}, trimmed_passes={5})
+    assert search_damping(judge, 1e4) == ("step at 1e-2", pytest.approx(1e-2), None)
+    assert tried == [4, 5, 6, 7, -3, -2]
+    judge, tried = damping_judge(passes={6, -2}, trimmed_passes=set())
+    assert search_damping(judge, 1e4)[:2] == ("step at 1e6", pytest.approx(1e6)) and tried == [4, 5, 6]
+    judge, tried = damping_judge(passes=set(), trimmed_passes={-1, 5})
+    outcome, found, fallback = search_damping(judge, 1e4)
+    assert outcome is None and found is None and fallback == ("trimmed at 1e-1", pytest.approx(1e-1))
+    assert tried == [4, 5, 6, 7, -3, -2, -1, 0, 1, 2, 3]
+    judge, tried = damping_judge(passes=set(), trimmed_passes=set())
+    assert search_damping(judge, START_DAMPING) == (None, None, None) and tried == list(range(-3, 8))
 
 
 def cached_six_step_run(problem):
