@@ -360,13 +360,13 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
     (even samples, or the first half of the latent for a batch of one) and accepted only if the error falls on
     both halves — otherwise the damping grows (a shorter step) until one does, and when none does, the dampings
     below the current one are tried too (:func:`search_damping`); the refinement stops when no step helps the
-    held-out half. When no step passes at any damping, a step whose
-    *least-trimmed* errors fall on both halves (each half without its largest :data:`TRIMMED_FRACTION` of
-    per-sample errors, none below 50 samples) is taken instead (the least damped one found): a pilot sample near a mode boundary can
-    end in either mode, and its error, swinging by far more than the others', otherwise vetoes every step
-    (measured: a 512-sample pilot of the analytic mixture at 8 NFE, where the plain guard rejected every step:
-    README, Quality). Since the left-out samples may then drift, the refinement returns the iterate with the
-    lowest untrimmed held-out error (early stopping on the held-out half; the start if none is lower).
+    held-out half. When no step passes at any damping, a step whose *least-trimmed* errors fall on both halves
+    (each half without its largest :data:`TRIMMED_FRACTION` of per-sample errors, none below 50 samples) is
+    taken instead (the least damped one found): a pilot sample near a mode boundary can end in either mode, and
+    its error, swinging by far more than the others', otherwise vetoes every step (measured: a 512-sample pilot
+    of the analytic mixture at 8 NFE, where the plain guard rejected every step: README, Quality). Since the
+    left-out samples may then drift, the refinement returns the iterate with the lowest untrimmed held-out error
+    (early stopping on the held-out half; the start if none is lower).
 
     ``info`` gets ``error_before``/``error`` (whole pilot), ``held_out_before``/``held_out``, ``iterations``
     (the steps up to the returned iterate), ``accepted`` (all steps the guard took) and ``moved_nodes`` (nodes
