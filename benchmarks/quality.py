@@ -325,14 +325,18 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True), problems=None, bu
     """Rows of every contender on every problem and budget of ``mode``; ``problems``/``budgets`` (names, NFE
     budgets) restrict a run to some cells — each cell's contenders are the same as in the whole run."""
     quick = mode == "quick"
+    problem_specs = [spec for spec in (PROBLEMS[:2] + PROBLEMS[3:4] if quick else PROBLEMS)
+                     if problems is None or spec[0] in problems]
+    selected_budgets = [b for b in ((4, 8) if quick else BUDGETS) if budgets is None or b in budgets]
+    if not problem_specs or not selected_budgets:
+        raise SystemExit(f"quality.py: the {mode} preset has none of the problems {problems} or none of the "
+                         f"budgets {budgets}")
+    budgets = selected_budgets
     boot()
     import comfy.samplers
 
     sampler_info = pack_module("samplers").SAMPLER_INFO
     batch, pilot_batch = TEST_BATCH[mode], PILOT_BATCH[mode]
-    problem_specs = PROBLEMS[:2] + PROBLEMS[3:4] if quick else PROBLEMS
-    budgets = [b for b in ((4, 8) if quick else BUDGETS) if budgets is None or b in budgets]
-    problem_specs = [spec for spec in problem_specs if problems is None or spec[0] in problems]
     labeler = Labeler()
     results, references = [], {}
     start_schedulers = sorted({sch for _, _, sch in contenders(mode)
