@@ -67,7 +67,11 @@ JOINT_EVALUATIONS = {"quick": 6, "standard": 60, "full": 100}
 # UTC 2026-11-29), and with 128 it improved further (the same 16-NFE cell on the standard run's grid: 2.0e-3 →
 # 1.66e-3 measured error; a one-off run at 02:30 UTC 2026-11-29).
 FITTED_REFINED = "fs_fitted_refined"
-REFINE_ITERATIONS = {"quick": 1, "standard": 6, "full": 8}
+# Iterations per budget: the refinement returns early when the held-out half stops improving, and at 4 NFE the
+# guided problem's refinement (CFG split) still improved in its sixth of six iterations (a one-off at 21:38 UTC
+# 2026-12-02), while at 16 and 32 NFE an iteration costs 16–64× more model calls.
+REFINE_ITERATIONS = {"quick": {4: 1, 8: 1}, "standard": {4: 12, 8: 12, 16: 6, 32: 6},
+                     "full": {4: 16, 8: 16, 16: 8, 32: 8}}
 # Pilot samples per budget: a refinement iteration costs ≈ 9·N²/2 pilot-batch model calls for N steps, so the short
 # grids afford larger pilots, and larger pilots kept improving the test error (one-offs at 08:00–08:20 UTC
 # 2026-11-29, measured on 64 test samples: digits-diffusion CFG 3 at 8 NFE on karras, 128 → 512 samples:
@@ -283,14 +287,13 @@ def fitted_sampler(pilot, sigmas, configuration, schedule_evaluations=0, refine_
     """The Fitted Solver node's SAMPLER for ``sigmas``, fitted on the pilot noise (reference rtol 1e-6), its SIGMAS
     output (``sigmas`` itself unless ``schedule_evaluations`` > 0 warps them) and the node's result dict
     (``refine_iterations``: the node's end-to-end refinement)."""
-    from ComfyUI_FlowScope import samplers as core
-    from ComfyUI_FlowScope.nodes.sampler_nodes import make_sampler, solver_fitter
+    from ComfyUI_FlowScope.nodes.sampler_nodes import fitted_solver_sampler, solver_fitter
 
     result = {}
     prediction, order, history = configuration
     pilot.problem.run(solver_fitter(result, prediction, order, history, 1e-6, schedule_evaluations, refine_iterations),
                       sigmas.clone())
-    return make_sampler(core.sample_fitted, solver=result["solver"]), result["sigmas"].float(), result
+    return fitted_solver_sampler(result["solver"]), result["sigmas"].float(), result
 
 
 def best_optimized_grid(optimized_grids, steps):
@@ -374,7 +377,7 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True), problems=None, bu
                     if sigmas is None:
                         continue
                     evaluations = JOINT_EVALUATIONS[mode] if scheduler in (FITTED_JOINT, FITTED_REFINED) else 0
-                    iterations = REFINE_ITERATIONS[mode] if scheduler == FITTED_REFINED else 0
+                    iterations = REFINE_ITERATIONS[mode][budget] if scheduler == FITTED_REFINED else 0
                     fit_pilot = pilot(REFINE_PILOT_BATCH[mode][budget] if scheduler == FITTED_REFINED else pilot_batch)
 
                     def fit_on(start, fit_pilot=fit_pilot, evaluations=evaluations, iterations=iterations,
@@ -539,14 +542,17 @@ def report(results, references, command, mode) -> tuple[str, dict]:
               "of the sampler plus one reference solve, once per model, sampler and step count; not counted in the "
               "budget.",
               "`fs_fitted` / `fs_fitted_v` are the Fitted Solver node (base update data / velocity, order 3, history "
-              f"8) fitted on the same pilot noise (seed {PILOT_SEED}) for each σ grid: one reference solve with "
+              "8, guidance history 2: with CFG the conditional and unconditional predictions are fitted apart) "
+              f"fitted on the same pilot noise (seed {PILOT_SEED}) for each σ grid: one reference solve with "
               f"states at every grid σ plus 2 × steps model calls, not counted in the budget; on `{OPTIMIZED}` it "
               "uses the optimized grid with the lowest pilot error for that step count. "
               f"`fs_fitted / {FITTED_JOINT}` is the same node with `optimize_schedule` on: one reference solve stored "
               f"at 256 σ, then {JOINT_EVALUATIONS[mode]} candidate warps of the grid whose plain fit had the lowest "
               "pilot error, each fitted and scored on the pilot (N model calls per candidate); the table measures "
               f"the SIGMAS the node returns. `fs_fitted / {FITTED_REFINED}` is the node with both `optimize_schedule` "
-              f"and `refine_iterations` = {REFINE_ITERATIONS[mode]}, fitted on a pilot of (" + ", ".join(
+              "and `refine_iterations` (" + ", ".join(
+                  f"{count} at {budget} NFE" for budget, count in REFINE_ITERATIONS[mode].items()) + "), fitted on a "
+              "pilot of (" + ", ".join(
                   f"{batch} samples at {budget} NFE" for budget, batch in REFINE_PILOT_BATCH[mode].items()) + "; "
               f"seed {PILOT_SEED}; the pilot batch is the node's latent batch): the same joint search from that best "
               "grid, then end-to-end Levenberg–Marquardt on all coefficients and every σ node after the first "

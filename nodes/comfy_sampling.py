@@ -71,6 +71,43 @@ def comfy_sampler_function(sampler_fn):
     return sample
 
 
+class GuidanceProbe:
+    """The guidance direction ``D_c − D_u`` (conditional minus unconditional denoised prediction) of the latest
+    model call, seen through a ``sampler_post_cfg_function`` (``comfy.samplers.cfg_function`` passes it both
+    predictions; it returns the guided result unchanged). ``latest()`` is None after an unguided call (cfg = 1:
+    ComfyUI then skips the unconditional pass)."""
+
+    def __init__(self):
+        self._latest = None
+
+    def __call__(self, args):
+        self._latest = None if args.get("uncond") is None else args["cond_denoised"] - args["uncond_denoised"]
+        return args["denoised"]
+
+    def latest(self):
+        return self._latest
+
+    def installed(self, extra_args) -> dict:
+        """A copy of ``extra_args`` whose ``model_options`` also call this probe (the caller's dicts untouched)."""
+        extra_args = dict(extra_args or {})
+        model_options = dict(extra_args.get("model_options", {}))
+        model_options["sampler_post_cfg_function"] = list(model_options.get("sampler_post_cfg_function", [])) + [self]
+        extra_args["model_options"] = model_options
+        return extra_args
+
+
+def with_guidance_probe(sampler_fn):
+    """Wrap a samplers/ function with a ``guidance`` source option so that a :class:`GuidanceProbe` feeds it."""
+
+    @functools.wraps(sampler_fn)
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+        probe = GuidanceProbe()
+        return sampler_fn(model, x, sigmas, extra_args=probe.installed(extra_args), callback=callback,
+                          disable=disable, guidance=probe.latest, **options)
+
+    return sample
+
+
 def sample_like_custom_advanced(guider, sampler, sigmas, latent_image: dict, noise, callback=None,
                                 disable_pbar=True):
     """``guider.sample`` called as ComfyUI's SamplerCustomAdvanced does: the empty latent re-channelled to the

@@ -12,7 +12,7 @@ from .. import samplers as core
 from ..samplers import fitted_solver
 from .comfy_io import io
 from .comfy_sampling import (comfy_sampler_function, find_model_sampling, reference_sigma_min, require_full_schedule,
-                             sample_like_custom_advanced)
+                             sample_like_custom_advanced, with_guidance_probe)
 
 FIXED_STEP_METHODS = ["euler", "heun", "midpoint", "ralston", "rk3", "rk4", "rk38"]
 CATEGORY = "FlowScope/samplers"
@@ -20,6 +20,11 @@ CATEGORY = "FlowScope/samplers"
 
 def make_sampler(fn, **options):
     return comfy.samplers.KSAMPLER(comfy_sampler_function(fn), extra_options=options)
+
+
+def fitted_solver_sampler(solver) -> comfy.samplers.KSAMPLER:
+    """The SAMPLER of a fitted solver, fed with each model call's guidance direction (as the fit was)."""
+    return make_sampler(with_guidance_probe(core.sample_fitted), solver=solver)
 
 
 def _schema(node_id, name, description, inputs):
@@ -222,25 +227,33 @@ class FittedSolverSampler(io.ComfyNode):
                                          "against the pilot endpoint, checked on a held-out half of the pilot. "
                                          "Each iteration costs ≈ 4.5 × steps² model calls (history 8; ≈ 5 × steps² "
                                          "when it moves the sigmas too): for ≤ 16 steps on large models. Give it a "
-                                         "larger pilot batch than the plain fit (a few latents overfit).")],
+                                         "larger pilot batch than the plain fit (a few latents overfit)."),
+                    io.Int.Input("guidance_history", default=2, min=0, max=8, optional=True,
+                                 tooltip="With CFG (cfg ≠ 1): the guidance directions (conditional minus "
+                                         "unconditional prediction) of this many latest model calls are fitted "
+                                         "as features too, so a step can extrapolate the two predictions "
+                                         "differently (0 = off; nothing changes at cfg 1).")],
             outputs=[io.Sampler.Output(), io.String.Output(display_name="report"),
                      io.Sigmas.Output(display_name="sigmas")])
 
     @classmethod
     def execute(cls, noise, guider, sigmas, latent_image, prediction, order, history, reference_rtol,
-                optimize_schedule=False, max_evaluations=60, refine_iterations=0) -> io.NodeOutput:
+                optimize_schedule=False, max_evaluations=60, refine_iterations=0,
+                guidance_history=2) -> io.NodeOutput:
         who = "FlowScope · Fitted Solver"
         require_full_schedule(sigmas, who, "fit a full schedule")
         result = {}
         planner = solver_fitter(result, prediction, order, history, reference_rtol,
-                                max_evaluations if optimize_schedule else 0, refine_iterations)
+                                max_evaluations if optimize_schedule else 0, refine_iterations, guidance_history)
         try:
             sample_like_custom_advanced(guider, planner, sigmas.cpu(), latent_image, noise)
         except ValueError as error:
             raise ValueError(f"{who}: {error}") from error
         solver = result["solver"]
-        report = (f"{len(sigmas) - 1} steps, {prediction} base of order {order}, history {history}: pilot endpoint "
-                  f"RMS error: base {solver.info['base_error']:.3e} → fitted {solver.info['error']:.3e}"
+        guided = (f", guidance history {solver.guidance_history} (CFG split)" if solver.guidance_history else
+                  ", no CFG split (unguided model)" if guidance_history else "")
+        report = (f"{len(sigmas) - 1} steps, {prediction} base of order {order}, history {history}{guided}: pilot "
+                  f"endpoint RMS error: base {solver.info['base_error']:.3e} → fitted {solver.info['error']:.3e}"
                   f"{' (fit not better: base kept)' if solver.info['fallback'] else ''}; reference "
                   f"{result['reference_nfe']} NFE")
         if refine_iterations > 0:
@@ -255,11 +268,11 @@ class FittedSolverSampler(io.ComfyNode):
                        f"{search['error']:.3e} ({search['evaluations']} fits) — sample with this node's SIGMAS")
         logging.info("%s: %s", who, report)
         fitted_sigmas = result["sigmas"].detach().cpu().to(sigmas.dtype)
-        return io.NodeOutput(make_sampler(core.sample_fitted, solver=solver), report, fitted_sigmas)
+        return io.NodeOutput(fitted_solver_sampler(solver), report, fitted_sigmas)
 
 
 def solver_fitter(result: dict, prediction: str, order: int, history: int, reference_rtol: float,
-                  schedule_evaluations: int = 0, refine_iterations: int = 0):
+                  schedule_evaluations: int = 0, refine_iterations: int = 0, guidance_history: int = 2):
     """A SAMPLER that only fits: run through ``guider.sample`` on the target sigmas it receives the scaled pilot
     latent and the real guided model, computes the reference trajectory, stores the :class:`FittedSolver` in
     ``result["solver"]`` and its grid in ``result["sigmas"]`` (reference NFE in ``result["reference_nfe"]``)
@@ -267,9 +280,11 @@ def solver_fitter(result: dict, prediction: str, order: int, history: int, refer
     (:func:`~..samplers.fitted_solver.optimize_fitted`; its search statistics in ``result["schedule_search"]``);
     ``refine_iterations`` > 0 then refines the coefficients end to end
     (:func:`~..samplers.fitted_solver.refine_end_to_end`; statistics in ``result["refinement"]``) — with the
-    schedule search on, the σ nodes after the first too (``result["sigmas"]`` is then the refined grid)."""
+    schedule search on, the σ nodes after the first too (``result["sigmas"]`` is then the refined grid).
+    ``guidance_history``: CFG guidance directions per step's features (:func:`~..samplers.fitted_solver.fit_solver`;
+    a :class:`~.comfy_sampling.GuidanceProbe` supplies them)."""
 
-    def fit(model, x, sigmas, extra_args=None, callback=None, disable=None, data_end_sigma=None):
+    def fit(model, x, sigmas, extra_args=None, callback=None, disable=None, data_end_sigma=None, guidance=None):
         stats = {}
         sigma_min = reference_sigma_min(find_model_sampling(model))
         if schedule_evaluations > 0:
@@ -278,7 +293,8 @@ def solver_fitter(result: dict, prediction: str, order: int, history: int, refer
             search = {}
             result["sigmas"], result["solver"] = fitted_solver.optimize_fitted(
                 model, x, sigmas, reference, extra_args, prediction, order, history, data_end_sigma,
-                max_evaluations=schedule_evaluations, info=search)
+                max_evaluations=schedule_evaluations, info=search, guidance=guidance,
+                guidance_history=guidance_history)
             result["schedule_search"] = search
             endpoint = reference.states[-1]
         else:
@@ -286,20 +302,21 @@ def solver_fitter(result: dict, prediction: str, order: int, history: int, refer
                                                          sigma_min=sigma_min, data_end_sigma=data_end_sigma,
                                                          stats=stats)
             result["solver"] = fitted_solver.fit_solver(model, x, sigmas, targets, extra_args, prediction, order,
-                                                        history, data_end_sigma, disable=disable)
+                                                        history, data_end_sigma, disable=disable, guidance=guidance,
+                                                        guidance_history=guidance_history)
             result["sigmas"] = sigmas
             endpoint = targets[-1]
         if refine_iterations > 0:
             result["refinement"] = {}
             solver = fitted_solver.refine_end_to_end(model, x, result["sigmas"], endpoint, result["solver"],
                                                      extra_args, refine_iterations, info=result["refinement"],
-                                                     move_grid=schedule_evaluations > 0)
+                                                     move_grid=schedule_evaluations > 0, guidance=guidance)
             result["sigmas"] = torch.tensor(solver.sigmas, dtype=result["sigmas"].dtype,
                                             device=result["sigmas"].device)
         result["reference_nfe"] = stats.get("nfe")
         return x
 
-    return comfy.samplers.KSAMPLER(comfy_sampler_function(fit))
+    return comfy.samplers.KSAMPLER(comfy_sampler_function(with_guidance_probe(fit)))
 
 
 NODES = [RungeKuttaSampler, AdaptiveSampler, MultistepSampler, PredictorCorrectorSampler, OptimizerSampler, LangevinSampler,

@@ -42,9 +42,10 @@ class FittedSolver:
     """Per-step coefficients of a fitted solver for one σ grid (see the module docstring).
 
     ``coefficients[n]`` multiplies step n's features ``[x_n − D_n, D_n, D_n − D_{n−1}, …]`` (as many as the
-    history allows, at most ``history + 1``); ``denoise_end`` is the σ = 0 end it was fitted with (the
-    "take the denoised" last step of VE/EPS models, or a velocity step for flow models); ``info`` holds the
-    pilot errors of the fit.
+    history allows, at most ``history + 1``), then the guidance directions ``G_n, G_{n−1}, …`` of a guided model
+    (at most ``guidance_history``; 0: none, see :func:`fit_solver`); ``denoise_end`` is the σ = 0 end it was
+    fitted with (the "take the denoised" last step of VE/EPS models, or a velocity step for flow models); ``info``
+    holds the pilot errors of the fit.
     """
     sigmas: tuple
     prediction: str = "data"
@@ -53,6 +54,7 @@ class FittedSolver:
     denoise_end: bool = True
     coefficients: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    guidance_history: int = 0
 
     def check_grid(self, grid, who: str = WHO) -> None:
         same = len(grid) == len(self.sigmas) and all(
@@ -67,23 +69,25 @@ class FittedSolver:
 class _History:
     """Newest-first σ, D and velocity history with the base update and the fit features of one step."""
 
-    def __init__(self, prediction: str, order: int, history: int, denoise_end: bool):
-        self.prediction, self.order, self.history, self.denoise_end = prediction, order, history, denoise_end
-        self.keep = max(order, history)
-        self.sigmas, self.denoised, self.velocities = [], [], []
+    def __init__(self, solver: FittedSolver):
+        self.prediction, self.order, self.history = solver.prediction, solver.order, solver.history
+        self.denoise_end, self.guidance_history = solver.denoise_end, solver.guidance_history
+        self.keep = max(self.order, self.history)
+        self.sigmas, self.denoised, self.velocities, self.guidance = [], [], [], []
 
     def snapshot(self) -> tuple:
         """The history as it is now (list copies; the tensors are shared)."""
-        return list(self.sigmas), list(self.denoised), list(self.velocities)
+        return list(self.sigmas), list(self.denoised), list(self.velocities), list(self.guidance)
 
     def restore(self, snapshot: tuple) -> None:
-        self.sigmas, self.denoised, self.velocities = (list(values) for values in snapshot)
+        self.sigmas, self.denoised, self.velocities, self.guidance = (list(values) for values in snapshot)
 
-    def push(self, sigma: float, evaluation) -> None:
-        for values, value in ((self.sigmas, sigma), (self.denoised, evaluation.denoised),
-                              (self.velocities, evaluation.derivative)):
+    def push(self, sigma: float, evaluation, guidance=None) -> None:
+        for values, value, keep in ((self.sigmas, sigma, self.keep), (self.denoised, evaluation.denoised, self.keep),
+                                    (self.velocities, evaluation.derivative, self.keep),
+                                    (self.guidance, guidance, self.guidance_history)):
             values.insert(0, value)
-            del values[self.keep:]
+            del values[keep:]
 
     def base_terms(self, sigma_next: float) -> tuple[float, list]:
         """The unfitted step as ``(weight of x_n, [(weight, tensor), …])`` (float64 weights): the ``order``-point
@@ -99,21 +103,38 @@ class _History:
         outputs = self.velocities if self.prediction == "velocity" or sigma_next == 0 else self.denoised
         return decay, list(zip(weights, outputs[:points]))
 
+    def _denoised_count(self) -> int:
+        return min(self.history, len(self.denoised))
+
     def features(self, x) -> list:
-        """``[x_n − D_n, D_n, D_n − D_{n−1}, …]``: the fit's columns (``history + 1`` at most)."""
-        count = min(self.history, len(self.denoised))
+        """``[x_n − D_n, D_n, D_n − D_{n−1}, …]`` (``history + 1`` at most), then the guidance directions
+        ``[G_n, G_{n−1}, …]`` (``guidance_history`` at most): the fit's columns."""
+        count = self._denoised_count()
         newest = self.denoised[0]
-        return [x - newest, newest] + [self.denoised[k] - self.denoised[k + 1] for k in range(count - 1)]
+        columns = [x - newest, newest] + [self.denoised[k] - self.denoised[k + 1] for k in range(count - 1)]
+        return columns + self.guidance
+
+    def penalty_floors(self, features):
+        """The ridge's floors (:func:`least_squares_coefficients`): a guidance direction's coefficient is penalized
+        at least at the norm of ``D_n`` — near the end of a pilot every sample has settled in its class and G is
+        nearly zero, while a sample between classes has a G as large as D's changes."""
+        if not self.guidance:
+            return None
+        floor = float(self.denoised[0].double().pow(2).sum().sqrt())
+        return [0.0] * (len(features) - len(self.guidance)) + [floor] * len(self.guidance)
 
     def step(self, x, sigma_next: float, coefficients):
-        """Base update plus ``Σ_k c_k f_k``, expanded over ``x_n`` and the D's so that no feature tensor is built:
-        ``f_0 = x − D_0`` and ``f_{k+2} = D_k − D_{k+1}`` give x weight ``c_0``, D_0 weight ``c_1 − c_0 + c_2`` and
-        D_j weight ``c_{j+2} − c_{j+1}`` (one fused multiply-add per term)."""
+        """Base update plus ``Σ_k c_k f_k``, expanded over ``x_n``, the D's and the G's so that no feature tensor is
+        built: ``f_0 = x − D_0`` and ``f_{k+2} = D_k − D_{k+1}`` give x weight ``c_0``, D_0 weight
+        ``c_1 − c_0 + c_2`` and D_j weight ``c_{j+2} − c_{j+1}``; a G keeps its own (one fused multiply-add per
+        term)."""
         x_weight, terms = self.base_terms(sigma_next)
-        c = list(coefficients) + [0.0, 0.0]
+        size = self._denoised_count() + 1
+        c, guidance_weights = list(coefficients[:size]) + [0.0, 0.0], coefficients[size:]
         x_weight += c[0]
-        denoised_weights = [c[1] - c[0] + c[2]] + [c[j + 2] - c[j + 1] for j in range(1, len(coefficients) - 1)]
+        denoised_weights = [c[1] - c[0] + c[2]] + [c[j + 2] - c[j + 1] for j in range(1, size - 1)]
         terms += [(w, d) for w, d in zip(denoised_weights, self.denoised) if w != 0.0]
+        terms += [(w, g) for w, g in zip(guidance_weights, self.guidance) if w != 0.0]
         return _apply(x, x_weight, *zip(*terms))
 
 
@@ -128,23 +149,26 @@ def _two_folds(batch: int, size: int) -> tuple:
     return (slice(None), slice(None, size // 2)), (slice(None), slice(size // 2, None))
 
 
-def _ridge_solution(gram, rhs, ridge):
-    """Ridge solution on normalized columns (float64); a zero feature gets coefficient 0."""
+def _ridge_solution(gram, rhs, ridge, floors=None):
+    """Ridge solution on normalized columns (float64); a zero feature gets coefficient 0. ``floors``: per column,
+    a least norm the penalty measures the coefficient with (``λ·(c_k·max(‖f_k‖, floor_k))²``)."""
     scale = gram.diagonal().sqrt()
     usable = scale > 0
     scale = torch.where(usable, scale, torch.ones_like(scale))
-    eye = torch.eye(len(gram), dtype=torch.float64, device=gram.device)
-    normalized = gram / torch.outer(scale, scale) + ridge * eye + torch.diag((~usable).double())
+    penalty = torch.ones_like(scale) if floors is None else (torch.maximum(scale, floors) / scale).pow(2)
+    normalized = gram / torch.outer(scale, scale) + torch.diag(ridge * penalty + (~usable).double())
     solution = torch.linalg.solve(normalized, rhs / scale) / scale
     return torch.where(usable, solution, torch.zeros_like(solution))
 
 
-def least_squares_coefficients(features, target, ridges=RIDGES) -> list[float]:
+def least_squares_coefficients(features, target, ridges=RIDGES, floors=None) -> list[float]:
     """``argmin_c ‖Σ_k c_k f_k − target‖² + λ·Σ_k (c_k ‖f_k‖)²`` over all entries, float64 normal equations.
 
     λ is chosen from ``ridges`` by two-fold cross-validation (even/odd batch samples; the two halves of each
     latent for a batch of one): the coefficients are shared by every future sample, so they are regularized
-    as much as held-out pilot data asks for. A single ``ridges`` entry skips the validation.
+    as much as held-out pilot data asks for. A single ``ridges`` entry skips the validation. ``floors`` (one
+    per feature, or None) replace a ‖f_k‖ below them in the penalty: a feature nearly zero on the whole pilot
+    otherwise gets a huge coefficient at no cost there, which a sample where it is not small then multiplies.
     """
     batch = target.shape[0]
     rows = torch.stack([f.reshape(batch, -1) for f in features]).double()  # [p, B, M]
@@ -153,37 +177,59 @@ def least_squares_coefficients(features, target, ridges=RIDGES) -> list[float]:
     moments = [(torch.einsum("pbm,qbm->pq", r, r), torch.einsum("pbm,bm->p", r, t), t.pow(2).sum())
                for r, t in folds]
     gram, rhs = moments[0][0] + moments[1][0], moments[0][1] + moments[1][1]
+    if floors is not None:
+        floors = torch.as_tensor(floors, dtype=torch.float64, device=gram.device)
     if len(ridges) == 1:
-        return _ridge_solution(gram, rhs, ridges[0]).tolist()
+        return _ridge_solution(gram, rhs, ridges[0], floors).tolist()
 
     def validation_error(ridge):
         total = 0.0
         for fit, check in ((0, 1), (1, 0)):
-            c = _ridge_solution(moments[fit][0], moments[fit][1], ridge)
+            c = _ridge_solution(moments[fit][0], moments[fit][1], ridge,
+                                None if floors is None else floors / math.sqrt(2))  # a fold: half the entries
             g, b, tt = moments[check]
             total += float(tt - 2 * b @ c + c @ g @ c)
         return total
 
     best = min(ridges, key=validation_error)
-    return _ridge_solution(gram, rhs, best).tolist()
+    return _ridge_solution(gram, rhs, best, floors).tolist()
+
+
+def _latest_guidance(guidance, solver: FittedSolver):
+    """The guidance direction of the model call just made, from the ``guidance`` source (None unless the solver
+    uses guidance directions)."""
+    if not solver.guidance_history:
+        return None
+    latest = None if guidance is None else guidance()
+    if latest is None:
+        raise ValueError(f"{WHO}: this solver was fitted on a guided model (CFG ≠ 1) and combines its conditional "
+                         f"and unconditional predictions; sample it through a guider with the same cfg")
+    return latest
 
 
 def _run(model, x, grid, sigmas, extra_args, callback, disable, solver: FittedSolver, targets=None,
-         checkpoints=None):
+         checkpoints=None, guidance=None):
     """Sample with ``solver``'s coefficients, or (``targets`` given) fit them step by step into ``solver``;
-    ``checkpoints`` (a list) receives ``(x_n, history snapshot)`` before each step's update."""
+    ``checkpoints`` (a list) receives ``(x_n, history snapshot)`` before each step's update. ``guidance``: the
+    source of each model call's guidance direction (see :func:`fit_solver`); a fit uses it when it gives one."""
     derivative = ModelDerivative(model, x, sigmas, extra_args, None)
-    history = _History(solver.prediction, solver.order, solver.history, solver.denoise_end)
     if targets is not None:
         solver.coefficients = []
+    history = None
     for i in progress_range(len(grid) - 1, disable=disable):
         evaluation = derivative(x, grid[i])
+        if history is None:
+            if targets is not None and (guidance is None or guidance() is None):
+                solver.guidance_history = 0  # an unguided model: nothing to split
+            history = _History(solver)
         report(callback, x, i, sigmas[i], evaluation.denoised)
-        history.push(grid[i], evaluation)
+        history.push(grid[i], evaluation, _latest_guidance(guidance, solver))
         if targets is not None:
             x_weight, terms = history.base_terms(grid[i + 1])
             base = _apply(x, x_weight, *zip(*terms))
-            solver.coefficients.append(least_squares_coefficients(history.features(x), targets[i] - base))
+            features = history.features(x)
+            solver.coefficients.append(least_squares_coefficients(features, targets[i] - base,
+                                                                  floors=history.penalty_floors(features)))
         if checkpoints is not None:
             checkpoints.append((x, history.snapshot()))
         x = history.step(x, grid[i + 1], solver.coefficients[i])
@@ -196,35 +242,38 @@ class _StepCache:
     coefficients differ from step ``n`` on only can then start at step ``n`` — steps before it, and their model
     calls, are the same — which halves the model calls of the refinement's Jacobian."""
 
-    def __init__(self, model, x, grid, sigmas, extra_args, solver: FittedSolver):
+    def __init__(self, model, x, grid, sigmas, extra_args, solver: FittedSolver, guidance=None):
         self.model, self.grid, self.sigmas, self.extra_args, self.solver = model, grid, sigmas, extra_args, solver
-        self.checkpoints = []
-        self.endpoint = _run(model, x, grid, sigmas, extra_args, None, True, solver, checkpoints=self.checkpoints)
+        self.guidance, self.checkpoints = guidance, []
+        self.endpoint = _run(model, x, grid, sigmas, extra_args, None, True, solver, checkpoints=self.checkpoints,
+                             guidance=guidance)
 
     def run_from(self, start: int, coefficients: list, grid=None):
         """The endpoint of a run with ``coefficients`` (and ``grid``, default the cached run's) that equal the
         cached run's before step ``start`` (a grid may differ from node ``start + 1`` on)."""
         grid = self.grid if grid is None else grid
         state, snapshot = self.checkpoints[start]
-        history = _History(self.solver.prediction, self.solver.order, self.solver.history, self.solver.denoise_end)
+        history = _History(self.solver)
         history.restore(snapshot)
         x = history.step(state, grid[start + 1], coefficients[start])
         derivative = ModelDerivative(self.model, x, self.sigmas, self.extra_args, None)
         for i in range(start + 1, len(grid) - 1):
-            history.push(grid[i], derivative(x, grid[i]))
+            evaluation = derivative(x, grid[i])
+            history.push(grid[i], evaluation, _latest_guidance(self.guidance, self.solver))
             x = history.step(x, grid[i + 1], coefficients[i])
         return x
 
 
-def sample_fitted(model, x, sigmas, extra_args=None, callback=None, disable=None, solver=None):
-    """Sample with a :class:`FittedSolver` on the σ grid it was fitted for (1 NFE per step)."""
+def sample_fitted(model, x, sigmas, extra_args=None, callback=None, disable=None, solver=None, guidance=None):
+    """Sample with a :class:`FittedSolver` on the σ grid it was fitted for (1 NFE per step); a solver fitted with
+    guidance directions needs the same ``guidance`` source as the fit (:func:`fit_solver`)."""
     if not isinstance(solver, FittedSolver):
         raise ValueError(f"{WHO}: needs a fitted solver (the FlowScope · Fitted Solver node makes one), "
                          f"got {type(solver).__name__}")
     grid = validate_sigmas(sigmas, WHO)
     validate_latent(x, WHO)
     solver.check_grid(grid)
-    return _run(model, x, grid, sigmas, extra_args, callback, disable, solver)
+    return _run(model, x, grid, sigmas, extra_args, callback, disable, solver, guidance=guidance)
 
 
 def reference_trajectory(model, x, sigmas, extra_args=None, rtol=1e-5, sigma_min=None, data_end_sigma=None,
@@ -251,18 +300,27 @@ def reference_trajectory(model, x, sigmas, extra_args=None, rtol=1e-5, sigma_min
 
 
 def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", order=2, history=3,
-               data_end_sigma=None, disable=None, compare_base=True) -> FittedSolver:
+               data_end_sigma=None, disable=None, compare_base=True, guidance=None,
+               guidance_history=2) -> FittedSolver:
     """Fit a :class:`FittedSolver` for ``sigmas`` (ending in 0) on the pilot latent ``x`` (already scaled to
     σ_0, as a sampler receives it) against ``targets`` = the reference states at ``sigmas[1:]``
     (:func:`reference_trajectory`). ``prediction``/``order``: the base update; ``history``: model outputs
     per feature list (1–8). ``info`` gets ``base_error``, ``error`` (pilot endpoint RMS) and ``fallback``;
-    ``compare_base=False`` skips the base run (N model calls; ``info`` then only has ``error``)."""
+    ``compare_base=False`` skips the base run (N model calls; ``info`` then only has ``error``).
+
+    ``guidance``: for a classifier-free-guided model ``D = D_u + w·(D_c − D_u)``, a callable that returns the
+    guidance direction ``G = D_c − D_u`` of the model call just made (None when the model is not guided). The
+    fit then has the latest ``guidance_history`` G's (0–8) as features too — the conditional and unconditional
+    predictions apart, so a step may extrapolate them differently — and the solver needs that source to sample
+    (``solver.guidance_history`` is 0 when the source gave none)."""
     who = "fit_solver"
     check_choice(prediction, PREDICTIONS, who, "prediction")
     if order not in (1, 2, 3, 4):
         raise ValueError(f"{who}: order = {order!r} must be 1, 2, 3 or 4")
     if history not in range(1, 9):
         raise ValueError(f"{who}: history = {history!r} must be between 1 and 8")
+    if guidance_history not in range(0, 9):
+        raise ValueError(f"{who}: guidance_history = {guidance_history!r} must be between 0 and 8")
     grid = validate_sigmas(sigmas, who)
     validate_latent(x, who)
     if grid[-1] != 0:
@@ -270,15 +328,16 @@ def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", or
     if len(targets) != len(grid) - 1 or any(t.shape != x.shape for t in targets):
         raise ValueError(f"{who}: need {len(grid) - 1} reference states shaped like x, got {len(targets)}")
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
-    solver = FittedSolver(tuple(grid), prediction, order, history, denoise_end=data_end_sigma is None)
-    fitted_end = _run(model, x, grid, sigmas, extra_args, None, disable, solver, targets=targets)
+    solver = FittedSolver(tuple(grid), prediction, order, history, denoise_end=data_end_sigma is None,
+                          guidance_history=guidance_history)
+    fitted_end = _run(model, x, grid, sigmas, extra_args, None, disable, solver, targets=targets, guidance=guidance)
     error = float((fitted_end - targets[-1]).double().pow(2).mean().sqrt())
     if not compare_base:
         solver.info = {"error": error}
         return solver
     base = FittedSolver(tuple(grid), prediction, order, history, solver.denoise_end,
-                        [[0.0] * len(c) for c in solver.coefficients])
-    base_end = _run(model, x, grid, sigmas, extra_args, None, disable, base)
+                        [[0.0] * len(c) for c in solver.coefficients], guidance_history=solver.guidance_history)
+    base_end = _run(model, x, grid, sigmas, extra_args, None, disable, base, guidance=guidance)
     base_error = float((base_end - targets[-1]).double().pow(2).mean().sqrt())
     fallback = not error < base_error
     if fallback:
@@ -340,7 +399,7 @@ def _movable_nodes(grid) -> list:
 
 
 def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_args=None, iterations=4,
-                      info=None, move_grid=False) -> FittedSolver:
+                      info=None, move_grid=False, guidance=None) -> FittedSolver:
     """Refine all coefficients of a fitted ``solver`` at once against the pilot ``endpoint`` (the reference state
     at σ = sigmas[−1], the last of the fit's targets) — the end-to-end objective Bespoke solvers train on
     (Shaul et al. 2024) — instead of step by step: Levenberg–Marquardt
@@ -367,6 +426,8 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
     of the analytic mixture at 8 NFE, where the plain guard rejected every step: README, Quality). Since the
     left-out samples may then drift, the refinement returns the iterate with the lowest untrimmed held-out error
     (early stopping on the held-out half; the start if none is lower).
+
+    ``guidance``: the source of the guidance directions a solver fitted with them needs (:func:`fit_solver`).
 
     ``info`` gets ``error_before``/``error`` (whole pilot), ``held_out_before``/``held_out``, ``iterations``
     (the steps up to the returned iterate), ``accepted`` (all steps the guard took) and ``moved_nodes`` (nodes
@@ -399,7 +460,7 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
     def cached_run(vector):
         """The run with these parameters, its checkpoints kept: the next iteration's Jacobian starts from it."""
         solver.coefficients, nodes = unpack(vector)
-        return _StepCache(model, x, nodes, sigmas, extra_args, solver)
+        return _StepCache(model, x, nodes, sigmas, extra_args, solver, guidance)
 
     # the first step each parameter acts at: its own for a coefficient, the step landing on it for a node
     step_of = [n for n, count in enumerate(lengths) for _ in range(count)] + [index - 1 for index in movable]
@@ -542,7 +603,8 @@ def dense_reference(model, x, sigma_max, sigma_min=None, extra_args=None, rtol=1
 
 
 def optimize_fitted(model, x, base_sigmas, reference: DenseReference, extra_args=None, prediction="data", order=2,
-                    history=3, data_end_sigma=None, knots=6, max_evaluations=60, info=None):
+                    history=3, data_end_sigma=None, knots=6, max_evaluations=60, info=None, guidance=None,
+                    guidance_history=2):
     """Schedule and coefficients together: :func:`~.schedule_optimization.optimize_schedule` over monotone warps
     of ``base_sigmas`` whose objective is the pilot endpoint error of the solver *fitted on each candidate
     grid* (targets from ``reference``; N model calls per candidate). Returns ``(sigmas, solver)``, the solver
@@ -550,9 +612,10 @@ def optimize_fitted(model, x, base_sigmas, reference: DenseReference, extra_args
     ``base_error``, ``error``, ``evaluations``."""
     def error_of(grid):
         return fit_solver(model, x, grid, reference.targets(grid.tolist()), extra_args, prediction, order, history,
-                          data_end_sigma, disable=True, compare_base=False).info["error"]
+                          data_end_sigma, disable=True, compare_base=False, guidance=guidance,
+                          guidance_history=guidance_history).info["error"]
 
     sigmas = optimize_schedule(error_of, base_sigmas, knots=knots, max_evaluations=max_evaluations, info=info)
     solver = fit_solver(model, x, sigmas, reference.targets(sigmas.tolist()), extra_args, prediction, order, history,
-                        data_end_sigma, disable=True)
+                        data_end_sigma, disable=True, guidance=guidance, guidance_history=guidance_history)
     return sigmas, solver
