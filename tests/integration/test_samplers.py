@@ -176,11 +176,11 @@ def test_optimized_schedule_rejects_a_schedule_without_the_zero_end(comfy):
     assert comfy.alive()
 
 
-def fitted_solver_prompt(model_name, scheduler, prediction, prefix, steps=6):
+def fitted_solver_prompt(model_name, scheduler, prediction, prefix, steps=6, cfg=2.5):
     """SamplerCustomAdvanced whose SAMPLER is the Fitted Solver node, fitted on pilot noise seed 3 for the same
     SIGMAS the image (seed 0) is sampled with; node 18 previews the report."""
     prompt = custom_sampler_prompt(model_name, SAMPLER_NODES["abm"], digit=str(DIGIT), steps=steps,
-                                   scheduler=scheduler, prefix=prefix)
+                                   scheduler=scheduler, prefix=prefix, cfg=cfg)
     del prompt["10"]
     prompt["15"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}}
     prompt["16"] = {"class_type": "FlowScopeFittedSolver", "inputs": {
@@ -191,16 +191,22 @@ def fitted_solver_prompt(model_name, scheduler, prediction, prefix, steps=6):
     return prompt
 
 
-@pytest.mark.parametrize("model_name,scheduler,prediction", [("digits-flow", "simple", "velocity"),
-                                                             ("digits-diffusion", "karras", "data")])
+@pytest.mark.parametrize("model_name,scheduler,prediction,cfg", [("digits-flow", "simple", "velocity", 2.5),
+                                                                 ("digits-diffusion", "karras", "data", 2.5),
+                                                                 ("digits-flow", "simple", "data", 1.0)])
 def test_fitted_solver_fits_on_the_pilot_and_makes_digits(comfy, digit_classifier, model_name, scheduler,
-                                                          prediction):
+                                                          prediction, cfg):
     """The Fitted Solver node on the real server: fitted on pilot noise seed 3, used for the seed-0 image on the
-    same 6-step SIGMAS; the report's fitted pilot error is below the base update's."""
-    history = comfy.run(fitted_solver_prompt(model_name, scheduler, prediction, prefix=f"fitted_{model_name}"))
+    same 6-step SIGMAS; the report's fitted pilot error is below the base update's. With CFG the probe gives the
+    fit the guidance directions (the report says so); at cfg 1 ComfyUI makes no unconditional call and there is
+    nothing to split."""
+    history = comfy.run(fitted_solver_prompt(model_name, scheduler, prediction, prefix=f"fitted_{model_name}_{cfg}",
+                                             cfg=cfg))
     report = history["outputs"]["18"]["text"][0]
     errors = re.search(r"base ([0-9.e+-]+) → fitted ([0-9.e+-]+)", report)
     assert errors and "6 steps" in report and "reference" in report, report
+    split = "guidance history 2 (CFG split)" if cfg != 1 else "no CFG split (unguided model)"
+    assert split in report, report
     base_error, error = float(errors.group(1)), float(errors.group(2))
     assert 0 < error < base_error, report
     pixels = images_to_latent_scale(comfy.output_images(history, "8"))
