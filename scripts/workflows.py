@@ -86,9 +86,10 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         inputs = {}
         for name, spec in _input_specs(info):
             if _is_widget(spec):
-                value = next(values)
+                # a workflow saved before the node gained a widget lacks its value: the editor keeps the default
+                value = next(values, (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}).get("default"))
                 if _has_control_widget(spec):
-                    next(values)
+                    next(values, None)
                 inputs[name] = value
             if name in linked:
                 link = linked[name]
