@@ -316,7 +316,8 @@ def log_refinement(log, sampler_name, budget, pilot, fit, label):
     log(f"  {sampler_name}/{FITTED_REFINED}@{budget} ({label}): {pilot.problem.noise.shape[0]}-sample pilot, "
         f"joint search {search['base_error']:.2e} → {search['error']:.2e}, refinement {refined['error_before']:.2e} "
         f"→ {refined['error']:.2e} (held-out half {refined['held_out_before']:.2e} → {refined['held_out']:.2e}, "
-        f"{refined['iterations']} iterations kept of {refined['accepted']} accepted)")
+        f"{refined['iterations']} iterations kept of {refined['accepted']} accepted; first call at "
+        f"({refined['first_call'][0]:.3f}·x, {refined['first_call'][1]:.3f}·σ_max))")
 
 
 PROBLEMS = [("analytic", "analytic", 1.0), ("digits-flow", "digits-flow", 1.0),
@@ -476,9 +477,16 @@ def best_rows(results):
     return best
 
 
+def problem_order(results) -> list:
+    """The problems of ``results`` in the order of :data:`PROBLEMS` (merged parts may list them in any order)."""
+    order = [name for name, _, _ in PROBLEMS]
+    return sorted({row["problem"] for row in results}, key=order.index)
+
+
 def report(results, references, command, mode) -> tuple[str, dict]:
+    first_call_starts = pack_module("samplers.fitted_solver").FIRST_CALL_STARTS
     best = best_rows(results)
-    problems = list(dict.fromkeys(row["problem"] for row in results))
+    problems = problem_order(results)
     budgets = sorted({row["budget"] for row in results if row.get("budget")})
     lines = [
         "# Quality benchmark: endpoint error vs NFE", "",
@@ -548,15 +556,17 @@ def report(results, references, command, mode) -> tuple[str, dict]:
               "uses the optimized grid with the lowest pilot error for that step count. "
               f"`fs_fitted / {FITTED_JOINT}` is the same node with `optimize_schedule` on: one reference solve stored "
               f"at 256 σ, then {JOINT_EVALUATIONS[mode]} candidate warps of the grid whose plain fit had the lowest "
-              "pilot error, each fitted and scored on the pilot (N model calls per candidate); the table measures "
+              "pilot error, each fitted with its first model call at (r·x, r·σ_max) for r in "
+              f"{', '.join(f'{r:g}' for r in first_call_starts)} (where r·σ_max lies above the grid's second σ) and "
+              "scored by the best fit on the pilot (N model calls per fit); the table measures "
               f"the SIGMAS the node returns. `fs_fitted / {FITTED_REFINED}` is the node with both `optimize_schedule` "
               "and `refine_iterations` (" + ", ".join(
                   f"{count} at {budget} NFE" for budget, count in REFINE_ITERATIONS[mode].items()) + "), fitted on a "
               "pilot of (" + ", ".join(
                   f"{batch} samples at {budget} NFE" for budget, batch in REFINE_PILOT_BATCH[mode].items()) + "; "
               f"seed {PILOT_SEED}; the pilot batch is the node's latent batch): the same joint search from that best "
-              "grid, then end-to-end Levenberg–Marquardt on all coefficients and every σ node after the first "
-              "against the pilot endpoint (one pilot run per parameter per iteration, started at the step it first "
+              "grid, then end-to-end Levenberg–Marquardt on all coefficients, every σ node after the first and the "
+              "first call's (a, t) against the pilot endpoint (one pilot run per parameter per iteration, started at the step it first "
               "acts at), each step kept only if the error falls on both halves of the pilot (when none does at any "
               "damping, if their least-trimmed sums fall: each half without its largest 2 % of per-sample errors), "
               "the iterate with the lowest held-out error returned; when a refinement stops before its iterations "
@@ -569,7 +579,7 @@ def chart(results, path):
     from ComfyUI_FlowScope.diagnostics import charts
 
     best = best_rows(results)
-    problems = list(dict.fromkeys(row["problem"] for row in results))
+    problems = problem_order(results)
     series_list = []
     for problem in problems:
         for family in ("built-in", "FlowScope"):
@@ -586,6 +596,24 @@ def chart(results, path):
     Image.fromarray((image[0].numpy() * 255).astype("uint8")).save(path)
 
 
+def merged_runs(paths, mode):
+    """(results, references, command) of the union of runs saved by this script: each of ``mode``, on problems no
+    other part ran (their cells would otherwise be counted twice)."""
+    results, references, commands = [], {}, []
+    for path in paths:
+        run = json.loads(path.read_text())
+        if run.get("mode") != mode:
+            raise SystemExit(f"quality.py --merge: {path} is a {run.get('mode')!r} run, not {mode!r}")
+        overlap = sorted(set(run["references"]) & set(references))
+        if overlap:
+            raise SystemExit(f"quality.py --merge: {path} repeats the problems {overlap}")
+        results += run["results"]
+        references.update(run["references"])
+        commands.append(run["command"])
+    boot()  # the report names the Fitted Solver's first-call starts from the pack
+    return results, references, " + ".join(commands) + " (parts merged with --merge)"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few samplers, 3 problems, budgets 4 and 8 (CI)")
@@ -596,19 +624,28 @@ def main():
     parser.add_argument("--problems", nargs="+", choices=[name for name, _, _ in PROBLEMS],
                         help="only these problems (one-off measurements; the published table has all)")
     parser.add_argument("--budgets", nargs="+", type=int, choices=BUDGETS, help="only these NFE budgets")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 per process for parallel parts)")
+    parser.add_argument("--merge", nargs="+", type=pathlib.Path, metavar="JSON",
+                        help="write one report from the JSON files of runs of the same mode on disjoint problems "
+                             "(e.g. the standard run as two processes with --threads 1 and --problems) instead "
+                             "of running")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "standard" if args.standard else "full"
     command = "python benchmarks/quality.py" + ("" if mode == "full" else f" --{mode}")
     if args.problems:
         command += " --problems " + " ".join(f"'{name}'" for name in args.problems)
     if args.budgets:
         command += " --budgets " + " ".join(map(str, args.budgets))
-    results, references = benchmark(mode, problems=args.problems, budgets=args.budgets)
+    if args.merge:
+        results, references, command = merged_runs(args.merge, mode)
+    else:
+        results, references = benchmark(mode, problems=args.problems, budgets=args.budgets)
     text, summary = report(results, references, command, mode)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"references": references, "results": results}, indent=1))
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"command": command, "mode": mode, "references": references, "results": results}, indent=1))
     chart(results, args.out.with_suffix(".png"))
     met = sum(1 for s in summary.values() if s["met"])
     print(text)

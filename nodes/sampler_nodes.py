@@ -189,6 +189,14 @@ class StochasticSampler(io.ComfyNode):
         return io.NodeOutput(make_sampler(core.sample_ddim, eta=eta, s_noise=s_noise))
 
 
+def moved_report(refined: dict) -> str:
+    """What the refinement moved besides the coefficients (with optimize_schedule on)."""
+    scale, sigma_scale = refined["first_call"]
+    first = ("" if (scale, sigma_scale) == (1.0, 1.0) else
+             f", first model call at ({scale:.3f}·x, {sigma_scale:.3f}·σ_max)")
+    return f", {refined['moved_nodes']} sigmas moved{first}"
+
+
 class FittedSolverSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -217,8 +225,9 @@ class FittedSolverSampler(io.ComfyNode):
                     io.Boolean.Input("optimize_schedule", default=False, optional=True,
                                      tooltip="Also warp the sigmas (as the Optimized Schedule node) for the lowest "
                                              "error of the solver fitted on them, and with refine_iterations let "
-                                             "the refinement move each sigma after the first too; then sample with "
-                                             "the SIGMAS output."),
+                                             "the refinement move each sigma after the first too, and where the "
+                                             "first model call is made (a·x at t·σ_max: at σ_max a flow model sees "
+                                             "pure noise); then sample with the SIGMAS output."),
                     io.Int.Input("max_evaluations", default=60, min=1, max=5000, optional=True,
                                  tooltip="optimize_schedule: candidate grids (each costs one fit, steps model "
                                          "calls)."),
@@ -261,7 +270,7 @@ class FittedSolverSampler(io.ComfyNode):
             report += (f"; end-to-end refinement: {refined['error_before']:.3e} → {refined['error']:.3e} "
                        f"(held-out half {refined['held_out_before']:.3e} → {refined['held_out']:.3e}, "
                        f"{refined['iterations']} of {refine_iterations} iterations kept"
-                       f"{', ' + str(refined['moved_nodes']) + ' sigmas moved' if optimize_schedule else ''})")
+                       f"{moved_report(refined) if optimize_schedule else ''})")
         if optimize_schedule:
             search = result["schedule_search"]
             report += (f"; schedule optimized for the fitted solver: input sigmas {search['base_error']:.3e} → "
@@ -272,7 +281,8 @@ class FittedSolverSampler(io.ComfyNode):
 
 
 def solver_fitter(result: dict, prediction: str, order: int, history: int, reference_rtol: float,
-                  schedule_evaluations: int = 0, refine_iterations: int = 0, guidance_history: int = 2):
+                  schedule_evaluations: int = 0, refine_iterations: int = 0, guidance_history: int = 2,
+                  first_call_starts=fitted_solver.FIRST_CALL_STARTS):
     """A SAMPLER that only fits: run through ``guider.sample`` on the target sigmas it receives the scaled pilot
     latent and the real guided model, computes the reference trajectory, stores the :class:`FittedSolver` in
     ``result["solver"]`` and its grid in ``result["sigmas"]`` (reference NFE in ``result["reference_nfe"]``)
@@ -280,7 +290,9 @@ def solver_fitter(result: dict, prediction: str, order: int, history: int, refer
     (:func:`~..samplers.fitted_solver.optimize_fitted`; its search statistics in ``result["schedule_search"]``);
     ``refine_iterations`` > 0 then refines the coefficients end to end
     (:func:`~..samplers.fitted_solver.refine_end_to_end`; statistics in ``result["refinement"]``) — with the
-    schedule search on, the σ nodes after the first too (``result["sigmas"]`` is then the refined grid).
+    schedule search on, the σ nodes after the first too (``result["sigmas"]`` is then the refined grid) and the first
+    model call's (a, t); the search fits each grid with the first calls ``(r·x, r·σ_0)``, r in
+    ``first_call_starts``, and keeps the best.
     ``guidance_history``: CFG guidance directions per step's features (:func:`~..samplers.fitted_solver.fit_solver`;
     a :class:`~.comfy_sampling.GuidanceProbe` supplies them)."""
 
@@ -294,7 +306,7 @@ def solver_fitter(result: dict, prediction: str, order: int, history: int, refer
             result["sigmas"], result["solver"] = fitted_solver.optimize_fitted(
                 model, x, sigmas, reference, extra_args, prediction, order, history, data_end_sigma,
                 max_evaluations=schedule_evaluations, info=search, guidance=guidance,
-                guidance_history=guidance_history)
+                guidance_history=guidance_history, first_calls=[(r, r) for r in first_call_starts])
             result["schedule_search"] = search
             endpoint = reference.states[-1]
         else:
@@ -310,7 +322,8 @@ def solver_fitter(result: dict, prediction: str, order: int, history: int, refer
             result["refinement"] = {}
             solver = fitted_solver.refine_end_to_end(model, x, result["sigmas"], endpoint, result["solver"],
                                                      extra_args, refine_iterations, info=result["refinement"],
-                                                     move_grid=schedule_evaluations > 0, guidance=guidance)
+                                                     move_grid=schedule_evaluations > 0, guidance=guidance,
+                                                     move_first_call=schedule_evaluations > 0)
             result["sigmas"] = torch.tensor(solver.sigmas, dtype=result["sigmas"].dtype,
                                             device=result["sigmas"].device)
         result["reference_nfe"] = stats.get("nfe")

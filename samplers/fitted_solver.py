@@ -24,12 +24,12 @@ pilot endpoint error is not below the base update's falls back to the base (all 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from .adaptive import sample_adaptive
-from .common import (ModelDerivative, check_choice, progress_range, report, validate_data_end_sigma,
+from .common import (Evaluation, ModelDerivative, check_choice, progress_range, report, validate_data_end_sigma,
                      validate_latent, validate_sigmas)
 from .predictor_corrector import PREDICTIONS, _apply, multistep_weights
 from .schedule_optimization import optimize_schedule, reference_options
@@ -45,7 +45,8 @@ class FittedSolver:
     history allows, at most ``history + 1``), then the guidance directions ``G_n, G_{n−1}, …`` of a guided model
     (at most ``guidance_history``; 0: none, see :func:`fit_solver`); ``denoise_end`` is the σ = 0 end it was
     fitted with (the "take the denoised" last step of VE/EPS models, or a velocity step for flow models); ``info``
-    holds the pilot errors of the fit.
+    holds the pilot errors of the fit. ``first_call = (a, t)``: the first model call is made at ``(a·x_0, t·σ_0)``
+    instead of ``(x_0, σ_0)`` (see :func:`_evaluate`; (1, 1) is the plain call).
     """
     sigmas: tuple
     prediction: str = "data"
@@ -55,6 +56,7 @@ class FittedSolver:
     coefficients: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
     guidance_history: int = 0
+    first_call: tuple = (1.0, 1.0)
 
     def check_grid(self, grid, who: str = WHO) -> None:
         same = len(grid) == len(self.sigmas) and all(
@@ -207,6 +209,19 @@ def _latest_guidance(guidance, solver: FittedSolver):
     return latest
 
 
+def _evaluate(derivative, x, sigma: float, solver: FittedSolver, first: bool):
+    """The model call of a step. The first one is made at ``(a·x, t·σ)`` with ``(a, t) = solver.first_call``: at
+    σ_0 = σ_max of a flow model the state is pure noise and an exact denoiser returns the data mean whatever the
+    noise, so that call carries (nearly) no information about the sample; a call at a smaller σ on a shrunk
+    state does — the refinement moves (a, t) (:func:`refine_end_to_end`). The velocity kept is the state's,
+    ``(x − D)/σ``."""
+    scale, sigma_scale = solver.first_call
+    if not first or (scale == 1.0 and sigma_scale == 1.0):
+        return derivative(x, sigma)
+    denoised, _ = derivative.denoise(x * scale, sigma * sigma_scale)
+    return Evaluation((x - denoised) / sigma, denoised)
+
+
 def _run(model, x, grid, sigmas, extra_args, callback, disable, solver: FittedSolver, targets=None,
          checkpoints=None, guidance=None):
     """Sample with ``solver``'s coefficients, or (``targets`` given) fit them step by step into ``solver``;
@@ -217,7 +232,7 @@ def _run(model, x, grid, sigmas, extra_args, callback, disable, solver: FittedSo
         solver.coefficients = []
     history = None
     for i in progress_range(len(grid) - 1, disable=disable):
-        evaluation = derivative(x, grid[i])
+        evaluation = _evaluate(derivative, x, grid[i], solver, i == 0)
         if history is None:
             if targets is not None and (guidance is None or guidance() is None):
                 solver.guidance_history = 0  # an unguided model: nothing to split
@@ -301,7 +316,7 @@ def reference_trajectory(model, x, sigmas, extra_args=None, rtol=1e-5, sigma_min
 
 def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", order=2, history=3,
                data_end_sigma=None, disable=None, compare_base=True, guidance=None,
-               guidance_history=2) -> FittedSolver:
+               guidance_history=2, first_call=(1.0, 1.0)) -> FittedSolver:
     """Fit a :class:`FittedSolver` for ``sigmas`` (ending in 0) on the pilot latent ``x`` (already scaled to
     σ_0, as a sampler receives it) against ``targets`` = the reference states at ``sigmas[1:]``
     (:func:`reference_trajectory`). ``prediction``/``order``: the base update; ``history``: model outputs
@@ -329,14 +344,15 @@ def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", or
         raise ValueError(f"{who}: need {len(grid) - 1} reference states shaped like x, got {len(targets)}")
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
     solver = FittedSolver(tuple(grid), prediction, order, history, denoise_end=data_end_sigma is None,
-                          guidance_history=guidance_history)
+                          guidance_history=guidance_history, first_call=tuple(first_call))
     fitted_end = _run(model, x, grid, sigmas, extra_args, None, disable, solver, targets=targets, guidance=guidance)
     error = float((fitted_end - targets[-1]).double().pow(2).mean().sqrt())
     if not compare_base:
         solver.info = {"error": error}
         return solver
     base = FittedSolver(tuple(grid), prediction, order, history, solver.denoise_end,
-                        [[0.0] * len(c) for c in solver.coefficients], guidance_history=solver.guidance_history)
+                        [[0.0] * len(c) for c in solver.coefficients], guidance_history=solver.guidance_history,
+                        first_call=solver.first_call)
     base_end = _run(model, x, grid, sigmas, extra_args, None, disable, base, guidance=guidance)
     base_error = float((base_end - targets[-1]).double().pow(2).mean().sqrt())
     fallback = not error < base_error
@@ -399,7 +415,7 @@ def _movable_nodes(grid) -> list:
 
 
 def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_args=None, iterations=4,
-                      info=None, move_grid=False, guidance=None) -> FittedSolver:
+                      info=None, move_grid=False, guidance=None, move_first_call=False) -> FittedSolver:
     """Refine all coefficients of a fitted ``solver`` at once against the pilot ``endpoint`` (the reference state
     at σ = sigmas[−1], the last of the fit's targets) — the end-to-end objective Bespoke solvers train on
     (Shaul et al. 2024) — instead of step by step: Levenberg–Marquardt
@@ -440,43 +456,60 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
     movable = _movable_nodes(grid) if move_grid else []
     coefficient_count = sum(lengths)
     start_logs = [math.log(grid[i]) for i in movable]
+    first_call = tuple(solver.first_call)
+    first_logs = [math.log(v) for v in first_call] if move_first_call else []
+
+    def moved(values, starts, originals):
+        # exp(log v) need not round-trip: an unmoved parameter keeps its exact value
+        return [original if log_value == start else math.exp(log_value)
+                for log_value, start, original in zip(values, starts, originals)]
 
     def unpack(vector):
-        """(per-step coefficient lists, grid) of a parameter vector."""
+        """(per-step coefficient lists, grid, first call) of a parameter vector."""
         values, start = vector.tolist(), 0
         coefficients = []
         for n in lengths:
             coefficients.append(values[start:start + n])
             start += n
         nodes = list(grid)
-        for index, log_sigma, start_log in zip(movable, values[coefficient_count:], start_logs):
-            if log_sigma != start_log:  # exp(log σ) need not round-trip: an unmoved node keeps its exact σ
-                nodes[index] = math.exp(log_sigma)
-        return coefficients, nodes
+        node_values = values[coefficient_count:coefficient_count + len(movable)]
+        for index, sigma in zip(movable, moved(node_values, start_logs, [grid[i] for i in movable])):
+            nodes[index] = sigma
+        first = first_call
+        if first_logs:
+            first = tuple(moved(values[coefficient_count + len(movable):], first_logs, first_call))
+        return coefficients, nodes, first
 
-    def decreasing(nodes):
-        return all(a > b for a, b in zip(nodes, nodes[1:]))
+    def valid(vector):
+        """Strictly decreasing nodes; a first call at a σ between σ_1 and σ_0 (t ≤ 1)."""
+        _, nodes, (_, sigma_scale) = unpack(vector)
+        return all(a > b for a, b in zip(nodes, nodes[1:])) and nodes[1] < sigma_scale * nodes[0] <= nodes[0]
 
     def cached_run(vector):
         """The run with these parameters, its checkpoints kept: the next iteration's Jacobian starts from it."""
-        solver.coefficients, nodes = unpack(vector)
+        solver.coefficients, nodes, solver.first_call = unpack(vector)
         return _StepCache(model, x, nodes, sigmas, extra_args, solver, guidance)
 
-    # the first step each parameter acts at: its own for a coefficient, the step landing on it for a node
-    step_of = [n for n, count in enumerate(lengths) for _ in range(count)] + [index - 1 for index in movable]
+    # the first step each parameter acts at: its own for a coefficient, the step landing on it for a node; the
+    # first call's (a, t) change every step's input (−1: a whole run)
+    step_of = ([n for n, count in enumerate(lengths) for _ in range(count)] + [index - 1 for index in movable]
+               + [-1] * len(first_logs))
 
     def rms(flat):
         return float(flat.pow(2).mean().sqrt())
 
     def steps(normal, gradient, scale, damping):
-        """The damped Gauss–Newton candidates at this damping: all parameters, then — with nodes — the
-        coefficients alone (the endpoint is far less linear in the nodes than in the coefficients, so a step that
-        fails because of them does not hold the coefficients back to ever shorter steps)."""
-        yield parameters - torch.linalg.solve(normal + damping * scale, gradient)
-        if movable:
-            c = coefficient_count
-            coefficient_step = torch.linalg.solve(normal[:c, :c] + damping * scale[:c, :c], gradient[:c])
-            yield torch.cat([parameters[:c] - coefficient_step, parameters[c:]])
+        """The damped Gauss–Newton candidates at this damping: all parameters, then — with the first call — all but
+        its (a, t), then — with nodes — the coefficients alone (the endpoint is far less linear in the nodes and
+        the first call than in the coefficients, so a step that fails because of them does not hold the others
+        back to ever shorter steps). The first call's t is projected onto t ≤ 1."""
+        sizes = sorted({len(parameters), len(parameters) - len(first_logs), coefficient_count}, reverse=True)
+        for size in sizes:
+            step = torch.linalg.solve(normal[:size, :size] + damping * scale[:size, :size], gradient[:size])
+            candidate = torch.cat([parameters[:size] - step, parameters[size:]])
+            if first_logs:  # at σ_max a step up in σ is out of the model's range
+                candidate[-1] = candidate[-1].clamp_max(0.0)
+            yield candidate
 
     def plain_errors(fit, held):
         return float(fit.pow(2).sum()), float(held.pow(2).sum())
@@ -493,7 +526,8 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
         residual = run.endpoint - endpoint
         return (candidate, run, residual) + _endpoint_folds(residual)
 
-    parameters = torch.tensor([v for c in solver.coefficients for v in c] + start_logs, dtype=torch.float64)
+    parameters = torch.tensor([v for c in solver.coefficients for v in c] + start_logs + first_logs,
+                              dtype=torch.float64)
     cache = cached_run(parameters)
     residual = cache.endpoint - endpoint
     fit_part, held_part = _endpoint_folds(residual)
@@ -506,17 +540,26 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
         for k in range(len(parameters)):
             if k < coefficient_count:
                 delta = 1e-3 * max(1.0, abs(float(parameters[k])))
-            else:  # a node, moved up in log σ: a step well inside its gap to the node above
+            elif k < coefficient_count + len(movable):  # a node, moved up in log σ: well inside its gap above
                 index = movable[k - coefficient_count]
                 delta = min(1e-3, 0.25 * math.log(nodes[index - 1] / nodes[index]))
-            moved = parameters.clone()
-            moved[k] += delta
-            moved_coefficients, moved_nodes = unpack(moved)
-            moved_end = cache.run_from(step_of[k], moved_coefficients, moved_nodes)
+            else:  # the first call's log a or log t, moved down (t may sit at its bound 1)
+                delta = -1e-3
+            shifted = parameters.clone()
+            shifted[k] += delta
+            moved_coefficients, moved_nodes, moved_first = unpack(shifted)
+            if step_of[k] < 0:
+                moved_end = _run(model, x, moved_nodes, sigmas, extra_args, None, True,
+                                 replace(solver, coefficients=moved_coefficients, first_call=moved_first),
+                                 guidance=guidance)
+            else:
+                moved_end = cache.run_from(step_of[k], moved_coefficients, moved_nodes)
             jacobian[:, k] = ((_endpoint_folds(moved_end - endpoint)[0] - fit_part) / delta).reshape(-1)
         cache = None  # one cache alive at a time: the candidates' runs below keep theirs
         gradient, normal = jacobian.T @ fit_part.reshape(-1), jacobian.T @ jacobian
-        scale = torch.diag(normal.diagonal().clamp_min(1e-300))
+        # Marquardt's scaling; a parameter the endpoint barely depends on (log a of a first call at σ_max of a flow,
+        # whose output does not depend on its input) would otherwise get a rounding-noise step of any size
+        scale = torch.diag(normal.diagonal().clamp_min(1e-12 * float(normal.diagonal().max()) + 1e-300))
         current = plain_errors(fit_part, held_part), trimmed_errors(fit_part, held_part)
 
         def judge(damping):
@@ -524,7 +567,7 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
             whose trimmed errors fall) — each None when there is none."""
             trimmed = None
             for candidate in steps(normal, gradient, scale, damping):
-                if not decreasing(unpack(candidate)[1]):
+                if not valid(candidate):
                     continue
                 outcome = evaluate(candidate)
                 if falls(plain_errors(*outcome[3:]), current[0]):
@@ -546,12 +589,12 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
         if held_out < best[0]:
             best = (held_out, kept, parameters, residual)
     held_out, chosen, parameters, residual = best
-    solver.coefficients, nodes = unpack(parameters)
+    solver.coefficients, nodes, solver.first_call = unpack(parameters)
     solver.sigmas = tuple(nodes)
     if info is not None:
         info.update(error_before=start_error, error=rms(residual.double()), held_out_before=start_held,
                     held_out=held_out, iterations=chosen, accepted=kept,
-                    moved_nodes=sum(a != b for a, b in zip(nodes, grid)))
+                    moved_nodes=sum(a != b for a, b in zip(nodes, grid)), first_call=solver.first_call)
     return solver
 
 
@@ -602,20 +645,35 @@ def dense_reference(model, x, sigma_max, sigma_min=None, extra_args=None, rtol=1
     return DenseReference(nodes, [x] + states)
 
 
+FIRST_CALL_STARTS = (1.0, 0.95, 0.9, 0.8)  # r of the first calls (r·x_0, r·σ_0) :func:`optimize_fitted` tries
+
+
 def optimize_fitted(model, x, base_sigmas, reference: DenseReference, extra_args=None, prediction="data", order=2,
                     history=3, data_end_sigma=None, knots=6, max_evaluations=60, info=None, guidance=None,
-                    guidance_history=2):
+                    guidance_history=2, first_calls=((1.0, 1.0),)):
     """Schedule and coefficients together: :func:`~.schedule_optimization.optimize_schedule` over monotone warps
     of ``base_sigmas`` whose objective is the pilot endpoint error of the solver *fitted on each candidate
-    grid* (targets from ``reference``; N model calls per candidate). Returns ``(sigmas, solver)``, the solver
-    fitted on the best grid with the usual comparison to its base update; ``info`` gets the warp search's
-    ``base_error``, ``error``, ``evaluations``."""
-    def error_of(grid):
+    grid* (targets from ``reference``; N model calls per fit). ``first_calls``: the first-call ``(a, t)``
+    (:func:`_evaluate`) each candidate grid is fitted with, one fit each, scored by the best (those with
+    ``t·σ_0`` not above σ_1 are left out; ``(1, 1)`` always counts). Returns ``(sigmas, solver)``, the solver
+    fitted on the best grid with its best first call and the usual comparison to its base update; ``info`` gets
+    the warp search's ``base_error``, ``error``, ``evaluations``."""
+    def fit(grid, first_call, compare_base=False):
         return fit_solver(model, x, grid, reference.targets(grid.tolist()), extra_args, prediction, order, history,
-                          data_end_sigma, disable=True, compare_base=False, guidance=guidance,
-                          guidance_history=guidance_history).info["error"]
+                          data_end_sigma, disable=True, compare_base=compare_base, guidance=guidance,
+                          guidance_history=guidance_history, first_call=first_call)
 
-    sigmas = optimize_schedule(error_of, base_sigmas, knots=knots, max_evaluations=max_evaluations, info=info)
-    solver = fit_solver(model, x, sigmas, reference.targets(sigmas.tolist()), extra_args, prediction, order, history,
-                        data_end_sigma, disable=True, guidance=guidance, guidance_history=guidance_history)
-    return sigmas, solver
+    def usable(grid):
+        first, second = float(grid[0]), float(grid[1])
+        return [(1.0, 1.0)] + [tuple(call) for call in first_calls
+                               if tuple(call) != (1.0, 1.0) and second < call[1] * first <= first]
+
+    def best_first_call(grid):
+        errors = {call: fit(grid, call).info["error"] for call in usable(grid)}
+        finite = {call: error for call, error in errors.items() if math.isfinite(error)}
+        return min(finite, key=finite.get) if finite else (1.0, 1.0), min(finite.values(), default=math.inf)
+
+    sigmas = optimize_schedule(lambda grid: best_first_call(grid)[1], base_sigmas, knots=knots,
+                               max_evaluations=max_evaluations, info=info)
+    calls = usable(sigmas)
+    return sigmas, fit(sigmas, calls[0] if len(calls) == 1 else best_first_call(sigmas)[0], compare_base=True)

@@ -157,6 +157,36 @@ def test_schedule_and_coefficients_fitted_together_generalize():
     assert held_joint < 0.5 * held_plain, (held_joint, held_plain)
 
 
+def test_the_joint_search_fits_each_grid_with_each_usable_first_call_and_keeps_the_best():
+    """optimize_fitted with first-call candidates (flow mixture, 3 steps): each candidate grid is fitted with every
+    (r·x_0, r·σ_0) whose σ lies above that grid's σ_1 (r = 0.5 only where a warp took σ_1 below 1/2) and scored by
+    the best, so the search ends no worse than with the plain first call alone, and the solver keeps the best one."""
+    mixture = make_mixture(stds=(0.5, 0.6), spread=0.5)
+    first_sigmas = []
+
+    def model(x, sigma, **kwargs):
+        first_sigmas.append(float(sigma[0]))
+        return mixture.denoised(x, sigma)
+
+    pilot = noise(21, 32)
+    dense = dense_reference(denoiser_of(mixture), pilot, 1.0, rtol=1e-9, data_end_sigma=DATA_END_SIGMA)
+    searches, solvers = {}, {}
+    for name, calls in (("plain", ((1.0, 1.0),)), ("searched", ((1.0, 1.0), (0.9, 0.9), (0.8, 0.8), (0.5, 0.5)))):
+        searches[name] = {}
+        first_sigmas.clear()
+        _, solvers[name] = optimize_fitted(model, pilot, uniform(3), dense, max_evaluations=20, info=searches[name],
+                                           data_end_sigma=DATA_END_SIGMA, first_calls=calls)
+        assert len(first_sigmas) % 3 == 0  # 3 model calls per fit: at t·σ_0, σ_1, σ_2
+        first_calls = {round(sigma, 9) for sigma in first_sigmas[::3]}
+        assert first_calls <= {1.0, 0.9, 0.8, 0.5} and (0.9 in first_calls) == (name == "searched"), first_calls
+        assert all(t_sigma > sigma_1 for t_sigma, sigma_1 in zip(first_sigmas[::3], first_sigmas[1::3]))
+    assert solvers["plain"].first_call == (1.0, 1.0)
+    assert solvers["searched"].first_call in ((1.0, 1.0), (0.9, 0.9), (0.8, 0.8))
+    assert searches["searched"]["base_error"] <= searches["plain"]["base_error"]
+    assert searches["searched"]["error"] <= searches["plain"]["error"]
+    assert solvers["searched"].info["error"] == pytest.approx(searches["searched"]["error"], rel=1e-9)
+
+
 def test_end_to_end_refinement_lowers_the_endpoint_error_and_generalizes():
     """Levenberg–Marquardt on all coefficients against the pilot endpoint, after the step-by-step fit (overlapping
     mixture, 4 steps, 32 pilot samples, data base of order 1 so the step-by-step fit leaves something to gain):
@@ -411,3 +441,55 @@ def test_a_guidance_coefficient_adds_its_multiple_of_the_guidance_direction():
     guided.coefficients[-1][-2] = 0.7  # G_n of the last step (the newest G comes first)
     end = sample_fitted(model, x, grid, disable=True, solver=guided, guidance=source)
     assert torch.allclose(end - unguided_end, 0.7 * calls[-1], rtol=0, atol=1e-12)
+
+
+def test_the_first_call_is_made_at_the_scaled_state_and_sigma_and_the_fit_sees_its_output():
+    """``first_call = (a, t)``: the model's first call gets (a·x_0, t·σ_0), every later call the state and its σ."""
+    mixture = make_mixture()
+    calls = []
+
+    def model(x, sigma, **kwargs):
+        calls.append((x.clone(), float(sigma[0])))
+        return mixture.denoised(x, sigma)
+
+    pilot, grid = noise(21, 8), uniform(3)
+    targets = reference_trajectory(denoiser_of(mixture), pilot, grid, rtol=1e-9, data_end_sigma=DATA_END_SIGMA)
+    solver = fit_solver(model, pilot, grid, targets, data_end_sigma=DATA_END_SIGMA, disable=True, compare_base=False,
+                        first_call=(0.5, 0.8))
+    assert solver.first_call == (0.5, 0.8) and len(calls) == 3
+    assert torch.equal(calls[0][0], pilot * 0.5) and calls[0][1] == pytest.approx(0.8)
+    assert [sigma for _, sigma in calls[1:]] == pytest.approx([2 / 3, 1 / 3])
+    calls.clear()
+    end = sample_fitted(model, pilot, grid, disable=True, solver=solver)
+    assert torch.equal(calls[0][0], pilot * 0.5) and rms(end, targets[-1]) == pytest.approx(solver.info["error"])
+
+
+def test_refining_the_first_call_makes_the_first_model_call_informative_at_sigma_max_of_a_flow():
+    """At σ_0 = 1 an exact flow denoiser returns the mixture mean for every noise (the state is pure noise), so a
+    plain first call adds nothing; with its (a, t) refined too (nodes refined in both runs) it is made at a smaller
+    σ, and the held-out error falls. Measured at the time of writing (3 steps, 64 pilot samples, 8 iterations):
+    held out 1.98e-3 → 1.72e-3."""
+    mixture = make_mixture(stds=(0.5, 0.6), spread=0.5)
+    model = denoiser_of(mixture)
+    pilot, held_out = noise(21, 64), noise(22, 256)
+    assert torch.allclose(model(pilot, torch.ones(64, dtype=torch.float64)),
+                          model(held_out[:64], torch.ones(64, dtype=torch.float64)))
+    grid = uniform(3)
+    targets = reference_trajectory(model, pilot, grid, rtol=1e-9, data_end_sigma=DATA_END_SIGMA)
+    truth = pilot_reference(model, held_out, 1.0, rtol=1e-9, data_end_sigma=DATA_END_SIGMA)
+    held = {}
+    for move_first_call in (False, True):
+        solver = fit_solver(model, pilot, grid, targets, prediction="data", order=2, history=3,
+                            data_end_sigma=DATA_END_SIGMA, disable=True)
+        info = {}
+        refine_end_to_end(model, pilot, grid, targets[-1], solver, iterations=8, info=info, move_grid=True,
+                          move_first_call=move_first_call)
+        nodes = torch.tensor(solver.sigmas, dtype=torch.float64)
+        held[move_first_call] = rms(sample_fitted(model, held_out, nodes, disable=True, solver=solver), truth)
+        assert info["first_call"] == solver.first_call
+        if move_first_call:
+            scale, sigma_scale = solver.first_call
+            assert sigma_scale < 1.0 and nodes[1] < sigma_scale * nodes[0] and scale > 0
+        else:
+            assert solver.first_call == (1.0, 1.0)
+    assert held[True] < 0.92 * held[False], held
