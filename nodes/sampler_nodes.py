@@ -189,14 +189,6 @@ class StochasticSampler(io.ComfyNode):
         return io.NodeOutput(make_sampler(core.sample_ddim, eta=eta, s_noise=s_noise))
 
 
-def moved_report(refined: dict) -> str:
-    """What the refinement moved besides the coefficients (with optimize_schedule on)."""
-    scale, sigma_scale = refined["first_call"]
-    first = ("" if (scale, sigma_scale) == (1.0, 1.0) else
-             f", first model call at ({scale:.3f}·x, {sigma_scale:.3f}·σ_max)")
-    return f", {refined['moved_nodes']} sigmas moved{first}"
-
-
 class FittedSolverSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -270,11 +262,14 @@ class FittedSolverSampler(io.ComfyNode):
             report += (f"; end-to-end refinement: {refined['error_before']:.3e} → {refined['error']:.3e} "
                        f"(held-out half {refined['held_out_before']:.3e} → {refined['held_out']:.3e}, "
                        f"{refined['iterations']} of {refine_iterations} iterations kept"
-                       f"{moved_report(refined) if optimize_schedule else ''})")
+                       f"{', ' + str(refined['moved_nodes']) + ' sigmas moved' if optimize_schedule else ''})")
         if optimize_schedule:
             search = result["schedule_search"]
             report += (f"; schedule optimized for the fitted solver: input sigmas {search['base_error']:.3e} → "
                        f"{search['error']:.3e} ({search['evaluations']} fits) — sample with this node's SIGMAS")
+        if solver.first_call != (1.0, 1.0):
+            scale, sigma_scale = solver.first_call
+            report += f"; first model call at ({scale:.3f}·x, {sigma_scale:.3f}·σ_max)"
         logging.info("%s: %s", who, report)
         fitted_sigmas = result["sigmas"].detach().cpu().to(sigmas.dtype)
         return io.NodeOutput(fitted_solver_sampler(solver), report, fitted_sigmas)

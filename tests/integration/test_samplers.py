@@ -216,7 +216,7 @@ def test_fitted_solver_fits_on_the_pilot_and_makes_digits(comfy, digit_classifie
 def test_fitted_solver_with_schedule_optimization_samples_its_own_sigmas(comfy, digit_classifier):
     """optimize_schedule on: the node's SIGMAS output (a warped 6-step grid, same ends) drives the sampling; the
     end-to-end refinement then runs on that grid (moving its sigmas after the first too) and reports pilot errors
-    that do not rise."""
+    that do not rise, and a first model call other than (x, σ_max) when the search or the refinement chose one."""
     prompt = fitted_solver_prompt("digits-flow", "simple", "velocity", prefix="fitted_optimized")
     prompt["16"]["inputs"].update(optimize_schedule=True, max_evaluations=8, refine_iterations=1)
     prompt["5"]["inputs"]["sigmas"] = ["16", 2]
@@ -230,6 +230,9 @@ def test_fitted_solver_with_schedule_optimization_samples_its_own_sigmas(comfy, 
     assert refined and float(refined.group(2)) <= float(refined.group(1)), report
     assert float(refined.group(4)) <= float(refined.group(3)), report
     assert int(refined.group(6)) <= 5 * int(refined.group(5)), report  # the 5 nodes after σ_0, if a step was kept
+    first_call = re.search(r"first model call at \(([0-9.]+)·x, ([0-9.]+)·σ_max\)", report)
+    if first_call:  # the search chose another first call than (1, 1), or the refinement moved it
+        assert float(first_call.group(1)) > 0 and 0.5 < float(first_call.group(2)) <= 1.0, report
     sigmas = parse_sigmas(history["outputs"]["17"]["text"][0])
     assert len(sigmas) == 7 and sigmas[0] == pytest.approx(1.0) and sigmas[-1] == 0
     pixels = images_to_latent_scale(comfy.output_images(history, "8"))
