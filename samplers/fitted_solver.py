@@ -327,7 +327,8 @@ def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", or
     guidance direction ``G = D_c − D_u`` of the model call just made (None when the model is not guided). The
     fit then has the latest ``guidance_history`` G's (0–8) as features too — the conditional and unconditional
     predictions apart, so a step may extrapolate them differently — and the solver needs that source to sample
-    (``solver.guidance_history`` is 0 when the source gave none)."""
+    (``solver.guidance_history`` is 0 when the source gave none). ``first_call``: the (a, t) of the first model
+    call (:func:`_evaluate`)."""
     who = "fit_solver"
     check_choice(prediction, PREDICTIONS, who, "prediction")
     if order not in (1, 2, 3, 4):
@@ -443,11 +444,15 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
     left-out samples may then drift, the refinement returns the iterate with the lowest untrimmed held-out error
     (early stopping on the held-out half; the start if none is lower).
 
+    ``move_first_call``: the first model call's ``log a`` and ``log t`` (:func:`_evaluate`) are parameters too
+    (each Jacobian column a whole pilot run; t is projected onto t ≤ 1 and a candidate whose ``t·σ_0`` is not
+    above σ_1 is rejected); at each damping the step without them is tried before the coefficients alone.
+
     ``guidance``: the source of the guidance directions a solver fitted with them needs (:func:`fit_solver`).
 
     ``info`` gets ``error_before``/``error`` (whole pilot), ``held_out_before``/``held_out``, ``iterations``
-    (the steps up to the returned iterate), ``accepted`` (all steps the guard took) and ``moved_nodes`` (nodes
-    whose σ changed)."""
+    (the steps up to the returned iterate), ``accepted`` (all steps the guard took), ``moved_nodes`` (nodes
+    whose σ changed) and ``first_call``."""
     if iterations < 0:
         raise ValueError(f"refine_end_to_end: iterations = {iterations} must be ≥ 0")
     grid = validate_sigmas(sigmas, "refine_end_to_end")
