@@ -317,7 +317,7 @@ def log_refinement(log, sampler_name, budget, pilot, fit, label):
         f"joint search {search['base_error']:.2e} → {search['error']:.2e}, refinement {refined['error_before']:.2e} "
         f"→ {refined['error']:.2e} (held-out half {refined['held_out_before']:.2e} → {refined['held_out']:.2e}, "
         f"{refined['iterations']} iterations kept of {refined['accepted']} accepted; first call at "
-        f"({refined['first_call'][0]:.3f}·x, {refined['first_call'][1]:.3f}·σ_max))")
+        f"{pack_module('samplers.fitted_solver').describe_first_call(refined['first_call'])})")
 
 
 PROBLEMS = [("analytic", "analytic", 1.0), ("digits-flow", "digits-flow", 1.0),
@@ -566,8 +566,8 @@ def report(results, references, command, mode) -> tuple[str, dict]:
                   f"{batch} samples at {budget} NFE" for budget, batch in REFINE_PILOT_BATCH[mode].items()) + "; "
               f"seed {PILOT_SEED}; the pilot batch is the node's latent batch): the same joint search from that best "
               "grid, then end-to-end Levenberg–Marquardt on all coefficients, every σ node after the first and the "
-              "first call's (a, t) against the pilot endpoint (one pilot run per parameter per iteration, started "
-              "at the step it first "
+              "first call's (a, t) against the pilot endpoint (one pilot run per parameter per iteration, "
+              "started at the step it first "
               "acts at), each step kept only if the error falls on both halves of the pilot (when none does at any "
               "damping, if their least-trimmed sums fall: each half without its largest 2 % of per-sample errors), "
               "the iterate with the lowest held-out error returned; when a refinement stops before its iterations "

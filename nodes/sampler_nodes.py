@@ -268,8 +268,7 @@ class FittedSolverSampler(io.ComfyNode):
             report += (f"; schedule optimized for the fitted solver: input sigmas {search['base_error']:.3e} → "
                        f"{search['error']:.3e} ({search['evaluations']} fits) — sample with this node's SIGMAS")
         if solver.first_call != (1.0, 1.0):
-            scale, sigma_scale = solver.first_call
-            report += f"; first model call at ({scale:.3f}·x, {sigma_scale:.3f}·σ_max)"
+            report += f"; first model call at {fitted_solver.describe_first_call(solver.first_call)}"
         logging.info("%s: %s", who, report)
         fitted_sigmas = result["sigmas"].detach().cpu().to(sigmas.dtype)
         return io.NodeOutput(fitted_solver_sampler(solver), report, fitted_sigmas)

@@ -222,6 +222,19 @@ def _evaluate(derivative, x, sigma: float, solver: FittedSolver, first: bool):
     return Evaluation((x - denoised) / sigma, denoised)
 
 
+def first_call_fits(grid, first_call) -> bool:
+    """A first call ``(a, t)`` at a σ above the grid's σ_1 and not above σ_0 (t ≤ 1): the rule of the schedule
+    search's candidates (:func:`optimize_fitted`) and of the refinement's steps (:func:`refine_end_to_end`)."""
+    first, second = float(grid[0]), float(grid[1])
+    return second < first_call[1] * first <= first
+
+
+def describe_first_call(first_call) -> str:
+    """``(a·x, t·σ_max)`` with a and t to three decimals, for reports and logs."""
+    scale, sigma_scale = first_call
+    return f"({scale:.3f}·x, {sigma_scale:.3f}·σ_max)"
+
+
 def _run(model, x, grid, sigmas, extra_args, callback, disable, solver: FittedSolver, targets=None,
          checkpoints=None, guidance=None):
     """Sample with ``solver``'s coefficients, or (``targets`` given) fit them step by step into ``solver``;
@@ -487,8 +500,8 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
 
     def valid(vector):
         """Strictly decreasing nodes; a first call at a σ between σ_1 and σ_0 (t ≤ 1)."""
-        _, nodes, (_, sigma_scale) = unpack(vector)
-        return all(a > b for a, b in zip(nodes, nodes[1:])) and nodes[1] < sigma_scale * nodes[0] <= nodes[0]
+        _, nodes, first = unpack(vector)
+        return all(a > b for a, b in zip(nodes, nodes[1:])) and first_call_fits(nodes, first)
 
     def cached_run(vector):
         """The run with these parameters, its checkpoints kept: the next iteration's Jacobian starts from it."""
@@ -669,9 +682,8 @@ def optimize_fitted(model, x, base_sigmas, reference: DenseReference, extra_args
                           guidance_history=guidance_history, first_call=first_call)
 
     def usable(grid):
-        first, second = float(grid[0]), float(grid[1])
         return [(1.0, 1.0)] + [tuple(call) for call in first_calls
-                               if tuple(call) != (1.0, 1.0) and second < call[1] * first <= first]
+                               if tuple(call) != (1.0, 1.0) and first_call_fits(grid, call)]
 
     def best_first_call(grid):
         errors = {call: fit(grid, call).info["error"] for call in usable(grid)}
