@@ -620,7 +620,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a few samplers, 3 problems, budgets 4 and 8 (CI)")
     parser.add_argument("--standard", action="store_true",
                         help="all problems and budgets, deterministic samplers only, 64 test samples "
-                             "(100 min on 2 cores at eb382b4; the 4/8-NFE cells alone 33 min as two parallel parts)")
+                             "(98 min on 2 cores at 0c43af2 as two parallel 1-thread parts merged with --merge)")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "benchmark_quality.md")
     parser.add_argument("--problems", nargs="+", choices=[name for name, _, _ in PROBLEMS],
                         help="only these problems (one-off measurements; the published table has all)")
