@@ -567,12 +567,12 @@ def report(results, references, command, mode) -> tuple[str, dict]:
               f"seed {PILOT_SEED}; the pilot batch is the node's latent batch): the same joint search from that best "
               "grid, then end-to-end Levenberg–Marquardt on all coefficients, every σ node after the first and the "
               "first call's (a, t) against the pilot endpoint (one pilot run per parameter per iteration, "
-              "started at the step it first "
-              "acts at), each step kept only if the error falls on both halves of the pilot (when none does at any "
-              "damping, if their least-trimmed sums fall: each half without its largest 2 % of per-sample errors), "
-              "the iterate with the lowest held-out error returned; when a refinement stops before its iterations "
-              "are used up, the benchmark runs the node once more from the second-best plain-fit grid and keeps the "
-              "run with the lower pilot error; the table measures the refined SIGMAS the node returns."]
+              "started at the step it first acts at), each step kept only if the error falls on both halves of "
+              "the pilot (when none does at any damping, if their least-trimmed sums fall: each half without its "
+              "largest 2 % of per-sample errors), the iterate with the lowest held-out error returned; when a "
+              "refinement stops before its iterations are used up, the benchmark runs the node once more from the "
+              "second-best plain-fit grid and keeps the run with the lower pilot error; the table measures the "
+              "refined SIGMAS the node returns."]
     return "\n".join(lines) + "\n", summary
 
 
