@@ -12,6 +12,7 @@ import math
 import numpy as np
 import torch
 
+MAX_FOOTER_LINES = 8  # parameterization + notes drawn under the image chart (two inputs of a two-part latent: 7)
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
           "#bcbd22"]
 
@@ -81,8 +82,8 @@ def render(payload: dict, width: int = 800, height: int = 500) -> torch.Tensor:
         axes.text(0.5, 0.5, "no finite data to plot", ha="center", va="center", transform=axes.transAxes)
     footer = [payload["parameterization"]] + payload["notes"] if payload["parameterization"] else payload["notes"]
     if footer:
-        figure.text(0.01, 0.01, "\n".join(footer[:6]), fontsize=7, va="bottom", family="monospace")
-        figure.subplots_adjust(bottom=0.12 + 0.025 * min(len(footer), 6))
+        figure.text(0.01, 0.01, "\n".join(footer[:MAX_FOOTER_LINES]), fontsize=7, va="bottom", family="monospace")
+        figure.subplots_adjust(bottom=0.12 + 0.025 * min(len(footer), MAX_FOOTER_LINES))
     figure.canvas.draw()
     pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].astype(np.float32) / 255.0
     return torch.from_numpy(pixels.copy())[None]

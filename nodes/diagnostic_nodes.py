@@ -14,7 +14,7 @@ import folder_paths
 import latent_preview
 import torch
 
-from ..samplers.trajectory import Trajectory, TrajectoryRecorder, straightness
+from ..samplers.trajectory import Trajectory, TrajectoryRecorder, latent_parts, straightness
 from ..diagnostics import charts
 from .comfy_io import TrajectoryType, io
 from .comfy_sampling import comfy_sampler_function, is_flow_model, sample_like_custom_advanced
@@ -34,11 +34,17 @@ def record_sampling(guider, sampler, sigmas, latent_image: dict, noise, label: s
                     record_latents: bool = False, max_latents: int = 64, preview: bool = True):
     """Run ``guider.sample`` exactly as SamplerCustomAdvanced does, with a recorder attached through
     ComfyUI's wrapper mechanism (predict-noise: every model call; sampler-sample: the sampler's own output).
-    Returns (samples, denoised_or_None, Trajectory)."""
+    Returns (samples, denoised_or_None, Trajectory).
+
+    A multi-part latent (ComfyUI ≥ 0.8: ``samples`` is a ``comfy.nested_tensor.NestedTensor``, e.g. LTXAV video
+    + audio) reaches the sampler packed into one flat [B, 1, N] tensor (``comfy.utils.pack_latents``): the
+    recorder then also keeps every statistic per part (:func:`latent_parts`), and the outputs come back as
+    SamplerCustomAdvanced returns them — ``samples`` nested, ``denoised`` unpacked into the parts' shapes."""
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
     flow = is_flow_model(model_sampling)
     recorder = TrajectoryRecorder(flow, sigmas, label=label or sampler_label(sampler),
-                                  record_latents=record_latents, max_latents=max_latents)
+                                  record_latents=record_latents, max_latents=max_latents,
+                                  parts=latent_parts(latent_image["samples"]))
     sampler_output = {}
     x0_output = {}
     preview_callback = (latent_preview.prepare_callback(guider.model_patcher, sigmas.shape[-1] - 1, x0_output)
@@ -72,10 +78,15 @@ def record_sampling(guider, sampler, sigmas, latent_image: dict, noise, label: s
         guider.model_options = original_options
     trajectory = recorder.finish(sampler_output.get("x", samples))
     trajectory.extra["sigmas"] = [float(s) for s in sigmas.tolist()]
-    samples = samples.to(comfy.model_management.intermediate_device())
+    samples = samples.to(comfy.model_management.intermediate_device())  # NestedTensor.to maps over the parts
     denoised = None
-    if "x0" in x0_output:
+    if "x0" in x0_output:  # the callback's x0 is the sampler's flat (packed) tensor
         denoised = guider.model_patcher.model.process_latent_out(x0_output["x0"].cpu())
+        if getattr(samples, "is_nested", False):  # only ComfyUI ≥ 0.8 has nested latents
+            import comfy.nested_tensor as nested_tensor  # "as": a bare import would make comfy a local name
+
+            shapes = [part.shape for part in samples.unbind()]
+            denoised = nested_tensor.NestedTensor(comfy.utils.unpack_latents(denoised, shapes))
     return samples, denoised, trajectory
 
 
@@ -134,6 +145,10 @@ def _parameterization(trajectories) -> str:
             "x_flow = x/(1+σ)" + (" — flow and diffusion overlaid" if len(kinds) > 1 else ""))
 
 
+def _part_label(trajectory: Trajectory, part: Trajectory) -> str:
+    return f"{trajectory.label} · {part.part}"
+
+
 def _ui(payload) -> dict:
     return {"flowscope_chart": [payload]}
 
@@ -152,7 +167,9 @@ class VelocityNormPlot(io.ComfyNode):
         return io.Schema(
             node_id="FlowScopeVelocityNormPlot", display_name=cls.NAME, category=CATEGORY, is_output_node=True,
             description="‖v‖/√d of every model call against flow time t (batch mean, optionally per sample), for "
-                        "up to four trajectories overlaid. Flow and diffusion runs share one axis.",
+                        "up to four trajectories overlaid. Flow and diffusion runs share one axis. A multi-part "
+                        "latent (e.g. video + audio) adds one batch-mean series per part (‖v_part‖/√d_part) "
+                        "unless per-sample series are drawn.",
             inputs=[*TRAJECTORY_INPUTS,
                     io.Boolean.Input("per_sample", default=False, tooltip="Also draw each sample of the batch."),
                     io.Boolean.Input("log_y", default=False, tooltip="Initial y scale (the in-node chart can toggle).")],
@@ -171,7 +188,12 @@ class VelocityNormPlot(io.ComfyNode):
                 for b in range(item.batch):
                     series_list.append(charts.series(f"{item.label} #{b}", item.call_t[order, b],
                                                      item.call_velocity_rms[order, b], style="points"))
-        notes = [f"{t.label}: {t.nfe} model calls, {t.steps} steps, batch {t.batch}, d = {t.dim}" for t in found]
+            else:  # per-sample series or per-part series, not both: the chart stays readable
+                for part in item.parts:
+                    series_list.append(charts.series(f"{_part_label(item, part)} (mean)", t,
+                                                     part.call_velocity_rms.mean(1)[order]))
+        notes = [f"{t.label}: {t.nfe} model calls, {t.steps} steps, batch {t.batch}, d = {t.dim}"
+                 + "".join(f"; {part.part}: d = {part.dim}" for part in t.parts) for t in found]
         payload = charts.chart("Velocity norm along the trajectory", T_LABEL, "‖v‖ / √d", series_list,
                                y_log=log_y, x_reversed=True, parameterization=_parameterization(found),
                                notes=notes + _status_notes(found))
@@ -187,7 +209,10 @@ class StraightnessMeter(io.ComfyNode):
             node_id="FlowScopeStraightnessMeter", display_name=cls.NAME, category=CATEGORY, is_output_node=True,
             description="Rectified-flow straightness S = Σ Δt‖v_i − c/T‖², relative S/(‖c‖²/T), path length over "
                         "chord L/C, total turning angle, kinetic energy and transport efficiency (‖c‖²/T)/KE of the "
-                        "first trajectory; the chart shows each step's contribution to S for all inputs.",
+                        "first trajectory; the chart shows each step's contribution to S for all inputs. A "
+                        "multi-part latent (e.g. video + audio) adds the same statistics per part (each over its "
+                        "own dimensions) to the summary and one contribution series per part; the number outputs "
+                        "are the whole latent's.",
             inputs=[TrajectoryType.Input("trajectory"), TrajectoryType.Input("trajectory_2", optional=True)],
             outputs=[io.Image.Output(display_name="chart"), io.Float.Output(display_name="straightness"),
                      io.Float.Output(display_name="relative_straightness"),
@@ -199,12 +224,20 @@ class StraightnessMeter(io.ComfyNode):
     def execute(cls, trajectory, trajectory_2=None) -> io.NodeOutput:
         found = _trajectories(cls.NAME, trajectory, trajectory_2)
         stats = [straightness(t) for t in found]
-        lines = [f"{t.label}: S = {s['straightness']:.4g}, S/(|c|²/T) = {s['relative_straightness']:.4g}, "
-                 f"L/C = {s['path_over_chord']:.4f}, turning = {s['turning_angle']:.3f} rad, "
-                 f"KE = {s['kinetic_energy']:.4g}, efficiency = {s['transport_efficiency']:.4f}"
-                 for t, s in zip(found, stats)]
-        series_list = [charts.series(f"{t.label}: step contribution to S", t.t[:-1], s["per_step_contribution"],
-                                     style="line") for t, s in zip(found, stats)]
+        def line(name, s):
+            return (f"{name}: S = {s['straightness']:.4g}, S/(|c|²/T) = {s['relative_straightness']:.4g}, "
+                    f"L/C = {s['path_over_chord']:.4f}, turning = {s['turning_angle']:.3f} rad, "
+                    f"KE = {s['kinetic_energy']:.4g}, efficiency = {s['transport_efficiency']:.4f}")
+
+        lines, series_list = [], []
+        for t, s in zip(found, stats):
+            lines.append(line(t.label, s))
+            series_list.append(charts.series(f"{t.label}: step contribution to S", t.t[:-1],
+                                             s["per_step_contribution"], style="line"))
+            for part, part_stats in zip(t.parts, s["parts"]):
+                lines.append(line(_part_label(t, part), part_stats))
+                series_list.append(charts.series(f"{_part_label(t, part)}: step contribution to S", t.t[:-1],
+                                                 part_stats["per_step_contribution"], style="line"))
         payload = charts.chart("Straightness: contribution of each step", T_LABEL, "Δt·(‖v_i‖² − ‖c‖²/T²)/d",
                                series_list, x_reversed=True, parameterization=_parameterization(found),
                                notes=lines + _status_notes(found))
@@ -222,7 +255,8 @@ class StepErrorMeter(io.ComfyNode):
         return io.Schema(
             node_id="FlowScopeStepErrorMeter", display_name=cls.NAME, category=CATEGORY, is_output_node=True,
             description="Per-step local error estimates (Heun–Euler difference of the step-start velocities, "
-                        "(Δt/2)·‖v_{i+1} − v_i‖/√d) and NFE accounting (model calls per step).",
+                        "(Δt/2)·‖v_{i+1} − v_i‖/√d) and NFE accounting (model calls per step); a multi-part latent "
+                        "adds each part's local error (over its own dimensions).",
             inputs=[*TRAJECTORY_INPUTS[:2]],
             outputs=[io.Image.Output(display_name="chart"), io.Int.Output(display_name="nfe"),
                      io.Float.Output(display_name="mean_local_error"), io.String.Output(display_name="summary")])
@@ -238,6 +272,12 @@ class StepErrorMeter(io.ComfyNode):
             lines.append(f"{item.label}: NFE {item.nfe} over {item.steps} steps "
                          f"(per step min {int(calls_per_step.min())}, max {int(calls_per_step.max())}), "
                          f"mean local error {float(error.nanmean()) if error.numel() else float('nan'):.3g}")
+            for part in item.parts:
+                part_error = part.local_error.mean(1)
+                series_list.append(charts.series(f"{_part_label(item, part)}: local error",
+                                                 item.t[:len(part_error)], part_error))
+                lines.append(f"{_part_label(item, part)}: mean local error "
+                             f"{float(part_error.nanmean()) if part_error.numel() else float('nan'):.3g}")
         payload = charts.chart("Local error per step (Heun–Euler estimate)", T_LABEL, "error / √d", series_list,
                                y_log=True, x_reversed=True, parameterization=_parameterization(found),
                                notes=lines + _status_notes(found))
@@ -246,20 +286,29 @@ class StepErrorMeter(io.ComfyNode):
         return io.NodeOutput(charts.render(payload), found[0].nfe, mean_error, "\n".join(lines), ui=_ui(payload))
 
 
+def _step_means(trajectory: Trajectory, i: int, prefix: str = "") -> dict:
+    """Batch means of step ``i``'s statistics (velocity at the step start, secant velocity², segment length,
+    local error), keys prefixed with ``prefix``."""
+    return {
+        prefix + "velocity_rms": float(trajectory.step_velocity_rms[i].mean())
+        if i < len(trajectory.step_velocity_rms) else "",
+        prefix + "secant_velocity_sq": float(trajectory.secant_sq[i].mean()),
+        prefix + "segment_length": float(trajectory.segment_length[i].mean()),
+        prefix + "local_error": float(trajectory.local_error[i].mean()) if i < len(trajectory.local_error) else "",
+    }
+
+
 def trajectory_rows(trajectory: Trajectory) -> list[dict]:
-    """One CSV row per step (batch means)."""
+    """One CSV row per step (batch means); a multi-part latent adds the same columns per part, prefixed
+    ``part{p}_`` (p as in the part's name, listed under ``parts`` in the JSON)."""
     rows = []
     for i in range(trajectory.steps):
-        rows.append({
-            "step": i, "sigma": float(trajectory.sigma[i]), "t": float(trajectory.t[i]),
-            "t_next": float(trajectory.t[i + 1]),
-            "velocity_rms": float(trajectory.step_velocity_rms[i].mean()) if i < len(trajectory.step_velocity_rms)
-            else "",
-            "secant_velocity_sq": float(trajectory.secant_sq[i].mean()),
-            "segment_length": float(trajectory.segment_length[i].mean()),
-            "local_error": float(trajectory.local_error[i].mean()) if i < len(trajectory.local_error) else "",
-            "model_calls": int((trajectory.call_step == i).sum()),
-        })
+        row = {"step": i, "sigma": float(trajectory.sigma[i]), "t": float(trajectory.t[i]),
+               "t_next": float(trajectory.t[i + 1]), **_step_means(trajectory, i),
+               "model_calls": int((trajectory.call_step == i).sum())}
+        for p, part in enumerate(trajectory.parts):
+            row.update(_step_means(part, i, f"part{p}_"))
+        rows.append(row)
     return rows
 
 
@@ -272,6 +321,11 @@ def trajectory_json(trajectory: Trajectory) -> dict:
         "per_step": trajectory_rows(trajectory),
         "per_call": {"t": trajectory.call_t.tolist(), "velocity_rms": trajectory.call_velocity_rms.tolist(),
                      "x0_drift_rms": trajectory.call_x0_drift_rms.tolist(), "step": trajectory.call_step.tolist()},
+        # a multi-part latent: each part's per-call series (its path statistics are in statistics["parts"],
+        # its per-step means in the part{p}_ columns of per_step)
+        "parts": [{"name": part.part, "dim": part.dim,
+                   "per_call": {"velocity_rms": part.call_velocity_rms.tolist(),
+                                "x0_drift_rms": part.call_x0_drift_rms.tolist()}} for part in trajectory.parts],
         "extra": trajectory.extra,
     }
 
@@ -284,7 +338,8 @@ class ExportTrajectory(io.ComfyNode):
         return io.Schema(
             node_id="FlowScopeExportTrajectory", display_name=cls.NAME, category=CATEGORY, is_output_node=True,
             description="Writes the trajectory statistics as JSON and a per-step CSV into ComfyUI's output folder "
-                        "(and the recorded latents as .safetensors when there are any).",
+                        "(and the recorded latents as .safetensors when there are any); a multi-part latent adds "
+                        "per-part statistics, per-call series and part{p}_ CSV columns.",
             inputs=[TrajectoryType.Input("trajectory"),
                     io.String.Input("filename_prefix", default="flowscope/trajectory")],
             outputs=[io.String.Output(display_name="json_path")])

@@ -23,6 +23,13 @@ kinetic energy ``KE = Σ Δt_i ‖v_i‖²``; rectified-flow straightness (Liu e
 path length over chord ``L/C = Σ‖x_i − x_{i+1}‖/‖c‖``; total turning angle ``Σ arccos cos(v_i, v_{i+1})``.
 The per-step local error estimate is the Heun–Euler difference
 ``e_i = (Δt_i/2)·‖v(x_{i+1}) − v(x_i)‖`` of the velocities the sampler evaluated at the step starts.
+
+Multi-part latents (ComfyUI ≥ 0.8 ``NestedTensor``, e.g. LTXAV video + audio): the sampler sees one flat
+``[B, 1, N]`` tensor, the parts reshaped to ``[B, 1, n_p]`` and concatenated in order
+(``comfy.utils.pack_latents``). Given the parts' names and element counts (:func:`latent_parts`), the recorder
+also reduces every quantity above over each part's slice ``[o_p, o_p + n_p)`` of the flattened sample, so each
+part gets the same statistics, per dimension of that part (:attr:`Trajectory.parts`); the whole-latent
+statistics are computed exactly as for a single-part latent.
 """
 from __future__ import annotations
 
@@ -36,12 +43,38 @@ DEFAULT_MAX_LATENTS = 64
 
 
 def flatten_batch(x: torch.Tensor) -> torch.Tensor:
-    """[B, ...] (or a nested tensor of several [B, ...] latents) → [B, features], without autograd history."""
+    """[B, ...] (or a nested tensor of several [B, ...] latents, parts in order as ``comfy.utils.pack_latents``
+    concatenates them) → [B, features], without autograd history."""
+    if getattr(x, "is_nested", False):
+        return torch.cat([part.detach().reshape(part.shape[0], -1) for part in x.unbind()], dim=1)
     if x.requires_grad:
         x = x.detach()
-    if getattr(x, "is_nested", False):
-        return torch.cat([part.reshape(part.shape[0], -1) for part in x.unbind()], dim=1)
     return x.reshape(x.shape[0], -1)
+
+
+def latent_parts(samples) -> list[tuple[str, int]] | None:
+    """Names and per-sample element counts of the parts of a multi-part latent, in the order the sampler sees
+    them packed (``comfy.utils.pack_latents``: each part ``[B, ...]`` flattened to ``[B, 1, n]``, concatenated
+    on the last axis); None for a plain tensor or a single part.
+
+    Duck-typed: ``samples`` is a multi-part latent when it has a true ``is_nested`` and an ``unbind()`` that
+    returns its parts as ``[B, ...]`` tensors (ComfyUI's ``comfy.nested_tensor.NestedTensor``, 0.8+; ComfyUI
+    0.3.x latents are plain tensors, whose ``is_nested`` is False). Names read ``part 0 (video) 1×128×9×16×24``:
+    the shape, and a kind where the layout tells it — a 5-D part is video, and a 4-D part next to a video part
+    is audio (``[B, C, T, F]``, the layout of ComfyUI's LTXAV audio + video latents)."""
+    if not getattr(samples, "is_nested", False):
+        return None
+    tensors = list(samples.unbind())
+    if len(tensors) < 2:
+        return None
+    dims = [len(t.shape) for t in tensors]
+    parts = []
+    for index, tensor in enumerate(tensors):
+        shape = tuple(int(n) for n in tensor.shape)
+        kind = "video" if len(shape) == 5 else "audio" if len(shape) == 4 and 5 in dims else ""
+        name = f"part {index}" + (f" ({kind})" if kind else "") + " " + "×".join(str(n) for n in shape)
+        parts.append((name, math.prod(shape[1:])))
+    return parts
 
 
 def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
@@ -84,6 +117,10 @@ class Trajectory:
     call_step: torch.Tensor  # [M] step index during which the call happened
     latents: list = field(default_factory=list)  # [(t, x_flow tensor)] when recorded
     extra: dict = field(default_factory=dict)
+    part: str = ""  # the part of a multi-part latent these statistics describe ("" = the whole latent)
+    # one Trajectory per part of a multi-part latent (same t, σ, call_t, call_step; dim = the part's elements
+    # per sample; no latents); empty for a single-part latent
+    parts: list = field(default_factory=list)
 
     @property
     def steps(self) -> int:
@@ -111,7 +148,8 @@ class Trajectory:
 
 
 def straightness(trajectory: Trajectory) -> dict:
-    """Path statistics per sample (lists) and aggregated over the batch (see the module docstring)."""
+    """Path statistics per sample (lists) and aggregated over the batch (see the module docstring); for a
+    multi-part latent ``parts`` holds the same statistics of each part (with its ``name`` and ``dim``)."""
     dt = (trajectory.t[:-1] - trajectory.t[1:])[:, None]
     span = float(dt.sum())
     kinetic = (dt * trajectory.secant_sq).sum(0)
@@ -135,9 +173,11 @@ def straightness(trajectory: Trajectory) -> dict:
         "chord_sq": mean(trajectory.chord_sq),
         "span": span,
         "per_sample": {"kinetic_energy": kinetic.tolist(), "straightness": straight.tolist(),
+                       "relative_straightness": (straight / chord_energy.clamp_min(1e-300)).tolist(),
                        "path_over_chord": (path_length / chord_length.clamp_min(1e-300)).tolist(),
                        "turning_angle": turning.tolist()},
         "per_step_contribution": per_step.mean(1).tolist(),
+        "parts": [{"name": part.part, "dim": part.dim, **straightness(part)} for part in trajectory.parts],
     }
 
 
@@ -206,10 +246,15 @@ class TrajectoryRecorder:
     dot of consecutive displacements — keeping raw norms and dots as [k, B] device tensors (no host sync).
     Divisions by √d, by Δt and between norms happen once, vectorized, in :meth:`finish`, which also releases
     the working tensor.
+
+    ``parts`` (from :func:`latent_parts`): (name, elements per sample) of each part of a multi-part latent, in
+    packing order; every norm and dot is then also taken over each part's slice of the flattened latent (one
+    more [k, B, parts] block of scalars per kind and flush), and :meth:`finish` adds one :class:`Trajectory` per
+    part. None or a single part: whole-latent statistics only.
     """
 
     def __init__(self, flow: bool, sigmas, label: str = "", record_latents: bool = False,
-                 max_latents: int = DEFAULT_MAX_LATENTS):
+                 max_latents: int = DEFAULT_MAX_LATENTS, parts: list[tuple[str, int]] | None = None):
         self.flow = flow
         self.sigmas = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
         self.label = label
@@ -220,6 +265,17 @@ class TrajectoryRecorder:
         # step ‖v_i‖ and ‖v_{i−1} − v_i‖, per segment ‖x_i − x_{i+1}‖, per pair of segments their dot
         self.call_norms, self.drift_norms = [], []
         self.velocity_norms, self.change_norms, self.segment_norms, self.segment_dots = [], [], [], []
+        self._series = {"call": self.call_norms, "drift": self.drift_norms, "velocity": self.velocity_norms,
+                        "change": self.change_norms, "segment": self.segment_norms, "dots": self.segment_dots}
+        self.parts = [(str(name), int(count)) for name, count in parts] if parts and len(parts) > 1 else []
+        if any(count < 1 for _, count in self.parts):
+            raise ValueError(f"TrajectoryRecorder: every part of the latent needs at least one element, got "
+                             f"{self.parts}")
+        offsets = [0]
+        for _, count in self.parts:
+            offsets.append(offsets[-1] + count)
+        self._part_bounds = list(zip(offsets[:-1], offsets[1:]))
+        self._part_series = {kind: [] for kind in self._series}  # [k, B, parts] blocks, same kinds
         self.point_sigma: list[torch.Tensor] = []  # σ of each recorded point, 0-d device tensors: no host sync
         self.latents = []
         # recent calls: (id, data_ptr) of the denoised output, σ, call index, (id, data_ptr) of x, block, row
@@ -240,9 +296,24 @@ class TrajectoryRecorder:
 
     def _buffers(self, flat: torch.Tensor) -> _Rows:
         if self._rows is None:
+            if self._part_bounds and self._part_bounds[-1][1] != flat.shape[1]:
+                raise ValueError(
+                    f"TrajectoryRecorder '{self.label}': the latent's parts ({', '.join(n for n, _ in self.parts)}) "
+                    f"hold {self._part_bounds[-1][1]} elements per sample, but the sampler's latent has "
+                    f"{flat.shape[1]}")
             self._batch, self._dim = flat.shape
             self._rows = _Rows(flat)
         return self._rows
+
+    def _keep(self, kind: str, rows: torch.Tensor, other: torch.Tensor | None = None) -> None:
+        """Keep the norms of ``rows`` over the last dimension (or, with ``other``, the dots of the two) as a
+        [k, B] block of ``kind``, and for a multi-part latent those of each part's slice as a [k, B, parts]
+        block."""
+        self._series[kind].append(_norm(rows) if other is None else _dot(rows, other))
+        if self._part_bounds:
+            self._part_series[kind].append(torch.stack(
+                [_norm(rows[..., a:b]) if other is None else _dot(rows[..., a:b], other[..., a:b])
+                 for a, b in self._part_bounds], dim=-1))
 
     def _grid(self, like: torch.Tensor) -> torch.Tensor:
         if self._sigma_grid is None:  # one host→device copy per recording, not one per step
@@ -323,7 +394,7 @@ class TrajectoryRecorder:
             if not self.flow:
                 x.div_(1 + _sigma_column(self.calls_sigma[-calls:]))
             x.sub_(rows.denoised[1:calls + 1])
-            self.call_norms.append(_norm(x))  # ÷ t in finish
+            self._keep("call", x)  # ÷ t in finish
         point_sigmas = [sigma for sigma, _ in steps] + ([final_sigma] if final_sigma is not None else [])
         sigma = _sigma_column(point_sigmas) if point_sigmas else None
         if steps:  # before the drift below, which reuses the x rows the velocities are read from
@@ -333,7 +404,7 @@ class TrajectoryRecorder:
             if calls > first:
                 drift = torch.sub(rows.denoised[first + 1:calls + 1], rows.denoised[first:calls],
                                   out=rows.x[:calls - first])
-                self.drift_norms.append(_norm(drift))
+                self._keep("drift", drift)
             rows.denoised_rows[0].copy_(rows.denoised_rows[calls])
             self._denoised_carried = True
         if point_sigmas:
@@ -364,21 +435,21 @@ class TrajectoryRecorder:
         if not self.flow:
             rows.points[2:2 + new_points].div_(1 + sigma)
         if count:
-            self.velocity_norms.append(_norm(rows.velocity[1:1 + count]))
+            self._keep("velocity", rows.velocity[1:1 + count])
             carried = 1 if self._velocity_carried else 0
             if count + carried > 1:
                 change = torch.sub(rows.velocity[1 - carried:count], rows.velocity[2 - carried:count + 1],
                                    out=rows.x[:count + carried - 1])
-                self.change_norms.append(_norm(change))
+                self._keep("change", change)
             rows.velocity_rows[0].copy_(rows.velocity_rows[count])
             self._velocity_carried = True
         carried = self._carried_points
         window = rows.points[2 - carried:2 + new_points]
         if len(window) > 1:
             segments = torch.sub(window[:-1], window[1:], out=rows.x[:len(window) - 1])
-            self.segment_norms.append(_norm(segments[max(carried - 1, 0):]))  # the first may be counted already
+            self._keep("segment", segments[max(carried - 1, 0):])  # the first may be counted already
             if len(segments) > 1:
-                self.segment_dots.append(_dot(segments[:-1], segments[1:]))
+                self._keep("dots", segments[:-1], segments[1:])
         if not self._start_written:
             rows.start.copy_(rows.point_rows[2])
             self._start_written = True
@@ -403,43 +474,71 @@ class TrajectoryRecorder:
                 self._keep_latent(final_sigma, flat)
             self._flush(final_sigma)
         batch = self._batch or x_final.shape[0]
-        chord_sq = torch.zeros(batch, dtype=torch.float64)
+        chords = []  # [B] per-dimension squared chord of the whole latent, then [B, parts]
         if self._carried_points:
-            chord_sq = (self._rows.start - self._rows.point_rows[1]).pow(2).mean(dim=1).double().cpu()
+            chord = self._rows.start - self._rows.point_rows[1]
+            chords = [chord.pow(2).mean(dim=1)]
+            if self._part_bounds:
+                chords.append(torch.stack([chord[:, a:b].pow(2).mean(dim=1) for a, b in self._part_bounds], -1))
         self._rows = None
         dim = self._dim or flatten_batch(x_final).shape[1]
-        root_dim = math.sqrt(dim)
 
-        series = (self.call_norms, self.drift_norms, self.velocity_norms, self.change_norms, self.segment_norms,
-                  self.segment_dots)
-        blocks = [block for kind in series for block in kind]
+        kinds = list(self._series)
+        blocks = ([block for kind in kinds for block in self._series[kind]]
+                  + [block for kind in kinds for block in self._part_series[kind]] + chords)
         if blocks:  # one copy to the host for all of them
-            rows = [sum(len(block) for block in kind) for kind in series]
-            host = torch.cat(blocks).double().cpu().split(rows)
+            flat = torch.cat([block.reshape(-1) for block in blocks]).double().cpu()
+            host = iter([h.view(b.shape) for h, b in zip(flat.split([b.numel() for b in blocks]), blocks)])
         else:
-            host = [torch.zeros(0, batch, dtype=torch.float64)] * len(series)
-        call_velocity, drift, step_velocity, change, segment, dots = host
-        if len(drift) < len(call_velocity):  # the first call has no predecessor
-            drift = torch.cat([torch.zeros(1, batch, dtype=torch.float64), drift])
+            host = iter(())
+        count = len(self._part_bounds)
+        whole, per_part = {}, {}
+        for kind in kinds:
+            found = [next(host) for _ in self._series[kind]]
+            whole[kind] = torch.cat(found) if found else torch.zeros(0, batch, dtype=torch.float64)
+        for kind in kinds:
+            found = [next(host) for _ in self._part_series[kind]]
+            per_part[kind] = torch.cat(found) if found else torch.zeros(0, batch, count, dtype=torch.float64)
+        chord_sq = next(host) if chords else torch.zeros(batch, dtype=torch.float64)
+        part_chord_sq = next(host) if len(chords) > 1 else torch.zeros(batch, count, dtype=torch.float64)
+
         points = (torch.stack(self.point_sigma).double().cpu() if self.point_sigma
                   else torch.zeros(0, dtype=torch.float64))
         t = points if self.flow else points / (1 + points)
-        dt = (t[:-1] - t[1:])[:, None]
-        norms = segment.clamp_min(torch.finfo(torch.float64).tiny)
         call_sigma = _stacked_sigmas(self.calls_sigma, batch)
         call_t = call_sigma if self.flow else call_sigma / (1 + call_sigma)
-        return Trajectory(
-            parameterization="flow" if self.flow else "ve→flow", label=self.label, dim=dim, batch=batch,
-            status="interrupted" if interrupted else "complete", t=t, sigma=points,
-            step_velocity_rms=step_velocity / root_dim,
-            secant_sq=(segment / dt[:len(segment)]).pow(2) / dim,
-            segment_length=segment / root_dim,
-            turn_cos=dots / (norms[1:] * norms[:-1]),
-            local_error=0.5 * dt[:len(change)] * change / root_dim,
-            chord_sq=chord_sq, call_t=call_t, call_velocity_rms=call_velocity / call_t / root_dim,
-            call_x0_drift_rms=drift / root_dim,
-            call_step=torch.tensor(self.calls_step, dtype=torch.long),
-            latents=[(float(t), latent.cpu()) for t, latent in self.latents])
+        call_step = torch.tensor(self.calls_step, dtype=torch.long)
+        shared = dict(parameterization="flow" if self.flow else "ve→flow", batch=batch,
+                      status="interrupted" if interrupted else "complete", t=t, sigma=points, call_t=call_t,
+                      call_step=call_step)
+        parts = [Trajectory(label=self.label, part=name, **shared,
+                            **_statistics({kind: per_part[kind][..., p] for kind in kinds}, part_chord_sq[:, p],
+                                          part_dim, t, call_t))
+                 for p, (name, part_dim) in enumerate(self.parts)]
+        return Trajectory(label=self.label, **shared, **_statistics(whole, chord_sq, dim, t, call_t),
+                          latents=[(float(t), latent.cpu()) for t, latent in self.latents], parts=parts)
+
+
+def _statistics(raw: dict, chord_sq: torch.Tensor, dim: int, t: torch.Tensor, call_t: torch.Tensor) -> dict:
+    """Raw host norms and dots of one recording (whole latent or one part: ``raw`` by kind, [k, B] each) →
+    the per-dimension fields of :class:`Trajectory`."""
+    batch = chord_sq.shape[0]
+    root_dim = math.sqrt(dim)
+    drift = raw["drift"]
+    if len(drift) < len(raw["call"]):  # the first call has no predecessor
+        drift = torch.cat([torch.zeros(1, batch, dtype=torch.float64), drift])
+    dt = (t[:-1] - t[1:])[:, None]
+    segment = raw["segment"]
+    norms = segment.clamp_min(torch.finfo(torch.float64).tiny)
+    return dict(
+        dim=dim, chord_sq=chord_sq,
+        step_velocity_rms=raw["velocity"] / root_dim,
+        secant_sq=(segment / dt[:len(segment)]).pow(2) / dim,
+        segment_length=segment / root_dim,
+        turn_cos=raw["dots"] / (norms[1:] * norms[:-1]),
+        local_error=0.5 * dt[:len(raw["change"])] * raw["change"] / root_dim,
+        call_velocity_rms=raw["call"] / call_t / root_dim,
+        call_x0_drift_rms=drift / root_dim)
 
 
 def _stacked_sigmas(sigmas: list, width: int) -> torch.Tensor:
