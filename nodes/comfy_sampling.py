@@ -43,10 +43,13 @@ def reference_sigma_min(model_sampling):
 
 
 def require_full_schedule(sigmas, who: str, advice: str) -> None:
-    """``ValueError`` naming ``who`` and its input 'sigmas' unless it is a valid grid ending in 0."""
-    validate_sigmas(sigmas, f"{who}, input 'sigmas'")
-    if float(sigmas[-1]) != 0:
-        raise ValueError(f"{who}, input 'sigmas': the schedule must end in 0 (got {float(sigmas[-1]):g}); {advice}")
+    """``ValueError`` naming ``who`` and its input 'sigmas' unless it is a valid grid (non-increasing: equal
+    neighbours are zero-length steps the samplers skip) ending in 0 with at least one nonzero step."""
+    values = validate_sigmas(sigmas, f"{who}, input 'sigmas'")
+    if values[-1] != 0:
+        raise ValueError(f"{who}, input 'sigmas': the schedule must end in 0 (got {values[-1]:g}); {advice}")
+    if values[0] == 0:
+        raise ValueError(f"{who}, input 'sigmas': every σ is 0, the schedule has no step; {advice}")
 
 
 def model_dependent_options(model) -> dict:

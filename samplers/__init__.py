@@ -6,10 +6,12 @@ registered names to them, ``SAMPLER_INFO`` gives order, NFE per step and one lin
 ``SCHEDULES`` maps schedule names to ``fn(steps, sigma_max=..., sigma_min=..., **options)`` (advice in
 ``SCHEDULE_INFO``; the model-dependent :func:`trajectory_adaptive_sigmas` is separate).
 All samplers accept ``data_end_sigma`` (flow models: the σ at which σ = 0 stages are evaluated, see
-:mod:`.common`) except the DDIM family, which never evaluates at σ = 0.
+:mod:`.common`) except the DDIM family, which never evaluates at σ = 0. Every sampler skips zero-length steps
+(equal consecutive σ, :class:`~.common.SigmaSteps`) and runs on float16/bfloat16 latents in their dtype with
+float64 coefficients (:mod:`.common`).
 """
 from .adaptive import sample_adaptive, sample_fs_bosh3, sample_fs_dopri5
-from .common import validate_latent, validate_sigmas
+from .common import SigmaSteps, validate_latent, validate_sigmas
 from .multistep import adams_bashforth_weights, sample_adams_bashforth, sample_fs_ab2, sample_fs_ab3, sample_fs_ab4
 from .fitted_solver import FittedSolver, fit_solver, reference_trajectory, refine_end_to_end, sample_fitted
 from .predictor_corrector import PREDICTIONS, sample_fs_abm, sample_fs_exp_abm, sample_multistep_pc
@@ -88,6 +90,6 @@ __all__ = [
     "sample_multistep_pc", "sample_heavy_ball",
     "sample_nesterov", "sample_gradient_estimation", "sample_secant", "sample_ddim", "sample_flow_sde",
     "sample_langevin_pc", "trajectory_adaptive_sigmas", "optimize_schedule", "warp_schedule", "nelder_mead",
-    "pilot_reference", "validate_sigmas", "validate_latent", "FittedSolver", "fit_solver", "reference_trajectory",
-    "refine_end_to_end", "sample_fitted", "PREDICTIONS",
+    "pilot_reference", "validate_sigmas", "validate_latent", "SigmaSteps", "FittedSolver", "fit_solver",
+    "reference_trajectory", "refine_end_to_end", "sample_fitted", "PREDICTIONS",
 ] + [f.__name__ for f in SAMPLERS.values() if f.__name__.startswith("sample_fs_")]

@@ -28,8 +28,9 @@ reserve above), then the rest of the budget on a reject-free fixed-step finish; 
 always (a budget below one step's evaluations raises ``ValueError``). No tolerance search is done: a
 search would re-run the model.
 
-σ = 0 end: see :mod:`.common` (``data_end_sigma``; without it the last grid interval ending at 0 is the
-first-order denoised step from the last positive grid σ, free thanks to FSAL).
+σ = 0 end: see :mod:`.common` (``data_end_sigma``; without it — or with a model that returns half-precision
+predictions — the last grid interval ending at 0 is the first-order denoised step from the last positive grid σ,
+free thanks to FSAL).
 """
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ from typing import Optional
 
 import torch
 
-from .common import (ModelDerivative, Progress, check_choice, report, validate_data_end_sigma,
-                     validate_latent, validate_sigmas)
+from .common import (ModelDerivative, Progress, SigmaSteps, check_choice, half_combination, is_half, report,
+                     validate_data_end_sigma, validate_latent)
 from .runge_kutta import rk_step
 from .step_control import PIController
 from .tableaux import get_tableau
@@ -51,7 +52,10 @@ logger = logging.getLogger(__name__)
 
 def scaled_error(error: torch.Tensor, x: torch.Tensor, x_new: torch.Tensor, rtol: float, atol: float,
                  per_sample: bool) -> float:
-    """Hairer's scaled RMS error norm as a Python float (the controller's single sync per step)."""
+    """Hairer's scaled RMS error norm as a Python float (the controller's single sync per step); taken in float32
+    for half-precision latents."""
+    if is_half(x):
+        error, x, x_new = error.float(), x.float(), x_new.float()
     scale = torch.maximum(x.abs(), x_new.abs()) * rtol + atol
     squared = (error / scale).reshape(x.shape[0], -1).pow(2)
     norm = squared.mean(1).sqrt().max() if per_sample else squared.mean().sqrt()
@@ -127,9 +131,10 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
     tableau = get_tableau(method, who)
     if not tableau.is_embedded:
         raise ValueError(f"{who}: method = {method!r} has no embedded error estimate; use 'dopri5' or 'bosh3'")
-    grid = validate_sigmas(sigmas, who)
+    steps = SigmaSteps(sigmas, who, callback)
     validate_latent(x, who)
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
+    grid, sigmas, callback = steps.grid, steps.sigmas, steps.callback
     check_choice(error_norm, ("batch", "per_sample"), who, "error_norm")
     for name, value in (("rtol", rtol), ("atol", atol)):
         if not (math.isfinite(value) and value >= 0):
@@ -142,6 +147,11 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
         name = "nfe_budget" if nfe_budget is not None and int(nfe_budget) <= int(max_nfe) else "max_nfe"
         raise ValueError(f"{who}: {name} = {limit} is below the {1 + step_cost} model evaluations one "
                          f"{tableau.name} step needs")
+    if steps.steps == 0:  # every σ equal: nothing to integrate
+        if stats is not None:
+            stats.update(nfe=0, accepted=0, rejected=0, fallback=None, fixed_steps=0, method=tableau.name,
+                         rtol=rtol, atol=atol)
+        return steps.finish(x)
     span = grid[0] - grid[-1]
     min_step = 1e-6 * span if min_step is None else float(min_step)
     if not (math.isfinite(min_step) and min_step > 0):
@@ -153,8 +163,10 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
     per_sample = error_norm == "per_sample"
 
     derivative = ModelDerivative(model, x, sigmas, extra_args, data_end_sigma)
+    sigma = grid[0]
+    first = derivative(x, sigma)  # before the σ = 0 end is chosen: a half-precision D rules out data_end_sigma
     n_steps = len(grid) - 1
-    final_denoise = grid[-1] == 0 and data_end_sigma is None
+    final_denoise = grid[-1] == 0 and derivative.data_end_sigma is None
     end = grid[-2] if final_denoise else grid[-1]
     final_cost = 0 if (tableau.fsal or not final_denoise) else 1
     progress = Progress(n_steps, disable=disable)
@@ -172,8 +184,6 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
     def reserve(sigma):  # evaluations of a fixed finish from sigma on the remaining grid points
         return sum(1 for g in grid if end <= g < sigma) * step_cost + final_cost
 
-    sigma = grid[0]
-    first = derivative(x, sigma)
     emit_until(sigma, (sigma, x, first), (sigma, x, first))
     h = -(grid[0] - grid[1] if initial_step is None else float(initial_step))
     accepted = rejected = 0
@@ -237,7 +247,10 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
         if first is None:
             first = derivative(x, sigma)
         emit_until(sigma, (sigma, x, first), (sigma, x, first))  # already emitted unless non-FSAL
-        x = x + first.derivative * (0.0 - sigma)  # = D(x, σ): the first-order data-end step
+        if is_half(x):
+            x = half_combination(x, 1.0, [(0.0 - sigma, first.derivative)])
+        else:
+            x = x + first.derivative * (0.0 - sigma)  # = D(x, σ): the first-order data-end step
     progress.close()
     summary = dict(nfe=derivative.nfe, accepted=accepted, rejected=rejected, fallback=fallback,
                    fixed_steps=fixed_steps, method=tableau.name, rtol=rtol, atol=atol)
@@ -245,7 +258,7 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
                 accepted, rejected, fallback, fixed_steps)
     if stats is not None:
         stats.update(summary)
-    return x
+    return steps.finish(x)
 
 
 def _named(method):

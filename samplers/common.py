@@ -10,6 +10,26 @@ would be evaluated at σ = 0 is evaluated at σ = ``data_end_sigma`` instead, wh
 at full order on the last step (the bias is O(data_end_sigma) per unit σ). With ``data_end_sigma=None``
 (VE/EPS/V models, undefined at σ = 0) the samplers take the first-order "denoised" step
 ``x ← x + (0 − σ)·d = D(x, σ)`` on a step that ends at σ = 0, as k-diffusion does.
+
+Equal consecutive σ (zero-length steps). ComfyUI's discrete schedules repeat σ when the step count exceeds the
+model's timesteps (``simple`` at 1500 steps on an SD model). ComfyUI 0.3.75's own samplers
+(``comfy/k_diffusion/sampling.py``) still run such a step: one-step methods (``sample_euler``, ``sample_heun``)
+call the model and leave x unchanged (``x + d·0``), at the cost of their NFE; the multistep ones divide by the
+zero step — ``sample_dpmpp_2m``'s ``r = h_last/h``, ``sample_lms``'s Lagrange weights, ``sample_deis`` — and
+return NaN, and ``sample_ipndm`` (uniform-step weights) changes its result; a repeated final σ = 0 makes even
+``sample_euler`` return NaN (``d = (x − D)/0``). Here every sampler walks the grid through :class:`SigmaSteps`:
+a zero-length step is skipped — x unchanged, no model call, no entry in a multistep history — so a grid with
+repeats gives exactly the result of the grid without them, and the callback still fires once per original step
+index. An increasing pair stays an error.
+
+Low precision. Latents may be float16/bfloat16. The state keeps the latent's dtype — the model gets x in it and
+every sampler returns it — while σ reaches the model in float32 (:func:`sigma_dtype_for`). Coefficients (step
+sizes, multistep and φ weights, DDIM factors) are float64 Python numbers, which torch's kernels apply at their
+float32 op-math precision; every linear combination of half-precision latents (:func:`half_combination`) is
+accumulated in float32 and rounded once to the latent's dtype (a CPU kernel rounds a fused ``add``'s ``alpha``
+to the tensor's dtype, and one rounding per term would add up); per-sample norms and dots are float32, the
+secant curvature and its φ values float64. A model that returns half-precision predictions cannot serve a stage
+at σ = 0 through ``data_end_sigma`` (:class:`ModelDerivative`).
 """
 from __future__ import annotations
 
@@ -29,7 +49,8 @@ def validate_sigmas(sigmas, who: str) -> list[float]:
     """Check a σ grid and return it as a list of Python floats (the one host sync before a loop).
 
     Raises ``ValueError`` naming ``who`` when the grid has fewer than 2 entries, is not 1-D, has a
-    non-finite or negative entry, or is not strictly decreasing.
+    non-finite or negative entry, or increases anywhere. Equal neighbours are allowed: a zero-length step,
+    which the samplers skip (:class:`SigmaSteps`).
     """
     if not isinstance(sigmas, torch.Tensor):
         sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
@@ -44,10 +65,69 @@ def validate_sigmas(sigmas, who: str) -> list[float]:
         if value < 0:
             raise ValueError(f"{who}: sigmas[{i}] = {value} is negative; σ must be ≥ 0")
     for i in range(len(values) - 1):
-        if not values[i + 1] < values[i]:
-            raise ValueError(f"{who}: sigmas must be strictly decreasing, but sigmas[{i}] = {values[i]} "
-                             f"and sigmas[{i + 1}] = {values[i + 1]}")
+        if values[i + 1] > values[i]:
+            raise ValueError(f"{who}: sigmas must be decreasing from noise to data (equal neighbours are allowed, "
+                             f"as skipped zero-length steps), but sigmas[{i}] = {values[i]} < sigmas[{i + 1}] = "
+                             f"{values[i + 1]}")
     return values
+
+
+class SigmaSteps:
+    """A sampler's σ grid without its zero-length steps, and its callback mapped back to the given grid.
+
+    ``SigmaSteps(sigmas, who, callback)`` validates ``sigmas`` (:func:`validate_sigmas`, errors name ``who``) and
+    keeps, of every run of equal σ, the last entry: the one the real step leaves from. Attributes:
+
+    - ``grid``: the kept σ as Python floats (strictly decreasing; one entry when every σ is equal);
+    - ``sigmas``: the kept entries of ``sigmas`` (the object itself when nothing repeats, so a grid without
+      repeats runs exactly as before), for the callback's ``sigma`` and a noise sampler's arguments;
+    - ``callback``: ``callback`` itself when nothing repeats, else a wrapper that turns a report for kept step
+      ``k`` into one report for each original index of its run of equal σ (the state and the prediction are
+      the same there), so ``i`` is the index into the given grid and ComfyUI's progress bar, which counts
+      ``len(sigmas) − 1`` steps, reaches its end;
+    - ``steps``: the number of kept (nonzero) steps.
+
+    :meth:`finish` reports the zero-length steps at the grid's last σ (after the last real step) and returns x.
+    No model call is made for a zero-length step: there the ``denoised`` reported is x itself at σ = 0 (what
+    every model returns at σ = 0), else the latest prediction reported (x when there is none, a grid whose σ are
+    all equal).
+    """
+
+    def __init__(self, sigmas, who: str, callback=None):
+        values = validate_sigmas(sigmas, who)
+        count = len(values)
+        self.keep = [i for i in range(count) if i == count - 1 or values[i + 1] != values[i]]
+        self.grid = [values[i] for i in self.keep]
+        self.steps = len(self.grid) - 1
+        self.repeats = len(self.keep) < count
+        self._original, self._count, self._callback, self._latest = sigmas, count, callback, None
+        if not self.repeats:
+            self.sigmas, self.callback = sigmas, callback
+            return
+        if isinstance(sigmas, torch.Tensor):
+            self.sigmas = sigmas[self.keep]
+        else:
+            self.sigmas = [sigmas[i] for i in self.keep]
+        self.callback = None if callback is None else self._report
+
+    def _emit(self, payload, first: int, last: int) -> None:
+        for i in range(first, last + 1):
+            sigma = self._original[i]
+            self._callback({**payload, "i": i, "sigma": sigma, "sigma_hat": sigma})
+
+    def _report(self, payload) -> None:
+        k = payload["i"]
+        self._emit(payload, 0 if k == 0 else self.keep[k - 1] + 1, self.keep[k])
+        self._latest = payload["denoised"]
+
+    def finish(self, x):
+        """Report the zero-length steps at the last σ (if any) and return ``x``."""
+        if self._callback is not None and self.repeats:
+            first = 0 if self.steps == 0 else self.keep[-2] + 1
+            if first <= self._count - 2:
+                denoised = x if self.grid[-1] == 0 or self._latest is None else self._latest
+                self._emit({"x": x, "denoised": denoised}, first, self._count - 2)
+        return x
 
 
 def validate_latent(x, who: str) -> None:
@@ -106,7 +186,12 @@ def append_dims(t: torch.Tensor, ndim: int) -> torch.Tensor:
 
 def sigma_dtype_for(x: torch.Tensor, sigmas) -> torch.dtype:
     """The dtype σ tensors are built in: the σ grid's own dtype (as k-diffusion, which keeps sampling
-    bit-identical to it), unless that would promote x to a wider dtype, then x's dtype."""
+    bit-identical to it), unless that would promote x to a wider dtype, then x's dtype — except for a
+    half-precision x: float32. A bfloat16 σ is off by up to 2⁻⁹ relative (σ = 0.9 by 0.002), which moves a
+    network's sinusoidal timestep embedding of 1000·σ by up to 2 rad; k-diffusion's ``sigma * s_in`` would
+    round σ to x's dtype, ComfyUI's models accept a float32 σ with a half-precision x."""
+    if is_half(x):
+        return torch.float32
     if isinstance(sigmas, torch.Tensor) and sigmas.is_floating_point():
         if torch.promote_types(x.dtype, sigmas.dtype) == x.dtype:
             return sigmas.dtype
@@ -119,23 +204,38 @@ class ModelDerivative:
     σ is a Python float. A request at σ = 0 is served at σ = ``data_end_sigma`` (see module docstring);
     with ``data_end_sigma=None`` a request at σ = 0 is a programming error of the caller.
     The σ passed to the model is ``σ_tensor * s_in`` with ``σ_tensor`` a 0-d tensor built by a fill
-    (no host-to-device copy, no sync) in :func:`sigma_dtype_for`.
+    (no host-to-device copy, no sync) in :func:`sigma_dtype_for` (float32 for a half-precision x); the derivative
+    of a half-precision x divides by σ as a Python float, which every kernel applies at float32 precision.
+
+    Half-precision predictions. ``d = (x − D)/σ`` at σ = data_end_sigma (1e-4) needs D to a relative precision far
+    below data_end_sigma: a float16/bfloat16 D (8–11 bits) cancels to noise there. Once the model has returned a
+    half-precision D, :attr:`data_end_sigma` reads None, so the samplers, which check it before a step that ends
+    at σ = 0, take the denoised end step instead. ComfyUI's models return a float32 D for any latent dtype
+    (``BaseModel`` casts the network's output to float32), which resolves the substitution.
     """
 
     def __init__(self, model, x: torch.Tensor, sigmas=None, extra_args=None, data_end_sigma=None):
         self.model = model
         self.extra_args = {} if extra_args is None else extra_args
-        self.data_end_sigma = data_end_sigma
-        self.s_in = x.new_ones([x.shape[0]])
+        self.requested_data_end_sigma = data_end_sigma  # as given: not None for a model defined down to σ = 0
+        self.half_prediction = False  # whether the model has returned a half-precision D
         self.dtype = sigma_dtype_for(x, sigmas)
+        self.half = is_half(x)
+        self.s_in = x.new_ones([x.shape[0]], dtype=self.dtype if self.half else x.dtype)
         self.device = x.device
         self.nfe = 0
+
+    @property
+    def data_end_sigma(self):
+        """The σ a request at σ = 0 is served at, or None (the denoised end step; also after a half-precision D)."""
+        return None if self.half_prediction else self.requested_data_end_sigma
 
     def sigma_tensor(self, sigma: float) -> torch.Tensor:
         return torch.full((), sigma, dtype=self.dtype, device=self.device)
 
     def denoise(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(D, σ_tensor)`` at the σ actually used (data_end_sigma substituted for 0)."""
+        """Return ``(D, σ)`` at the σ actually used (data_end_sigma substituted for 0): σ as a 0-d tensor, or as a
+        Python float for a half-precision x."""
         if sigma == 0:
             if self.data_end_sigma is None:
                 raise RuntimeError("ModelDerivative: the model cannot be evaluated at σ = 0 without "
@@ -144,7 +244,9 @@ class ModelDerivative:
         sigma_t = self.sigma_tensor(sigma)
         denoised = self.model(x, sigma_t * self.s_in, **self.extra_args)
         self.nfe += 1
-        return denoised, sigma_t
+        if not self.half_prediction and is_half(denoised):
+            self.half_prediction = True
+        return denoised, (sigma if self.half else sigma_t)
 
     def __call__(self, x: torch.Tensor, sigma: float) -> Evaluation:
         denoised, sigma_t = self.denoise(x, sigma)
@@ -203,5 +305,41 @@ def resolve_noise_sampler(x, extra_args, noise_sampler):
 
 
 def batch_norm(a: torch.Tensor) -> torch.Tensor:
-    """Per-sample Euclidean norm over all non-batch dimensions, shape [B]."""
-    return a.reshape(a.shape[0], -1).norm(dim=1)
+    """Per-sample Euclidean norm over all non-batch dimensions, shape [B]; float32 for a half-precision
+    ``a`` (:func:`working_dtype`), else in ``a``'s dtype."""
+    flat = a.reshape(a.shape[0], -1)
+    if is_half(a):
+        return torch.linalg.vector_norm(flat, dim=1, dtype=torch.float32)
+    return flat.norm(dim=1)
+
+
+# -- half precision -------------------------------------------------------------------------------------------
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def is_half(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a half-precision (float16/bfloat16) tensor."""
+    return t.dtype in HALF_DTYPES
+
+
+def working_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype latent-sized arithmetic on ``t`` accumulates in: float32 for half precision, else t's own."""
+    return torch.float32 if is_half(t) else t.dtype
+
+
+def half_combination(x, x_weight: float, terms, dtype=None):
+    """``x_weight·x + Σ w·t`` over ``terms = [(w, t), …]`` (w Python floats, float64), accumulated in float32 and
+    rounded once to ``dtype`` (default: the first tensor's dtype). The combination samplers use for
+    half-precision latents: each weight enters at float32 precision (a CPU kernel's fused ``add(alpha=w)`` rounds
+    w to the tensor's dtype) and the state is rounded once per step, not once per term. ``x=None``: the sum
+    alone; terms with w = 0 are skipped."""
+    total = None
+    if x is not None:
+        dtype = x.dtype if dtype is None else dtype
+        total = x.float() if x_weight == 1.0 else x.float() * x_weight
+    for weight, tensor in terms:
+        if weight == 0.0:
+            continue
+        dtype = tensor.dtype if dtype is None else dtype
+        total = tensor.float() * weight if total is None else torch.add(total, tensor, alpha=weight)
+    return None if total is None else total.to(dtype)

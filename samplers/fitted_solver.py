@@ -20,6 +20,11 @@ The fit costs one reference solve plus ``2N`` batched model calls (the fit and t
 a :class:`FittedSolver` applies only to the σ grid it was fitted on (checked when sampling). Its coefficients
 are a few scalars per step, so a pilot batch of a few latents generalizes to other seeds (tested); a fit whose
 pilot endpoint error is not below the base update's falls back to the base (all ``c = 0``).
+
+Equal consecutive σ (zero-length steps, :class:`~.common.SigmaSteps`) are dropped before fitting and sampling: a
+solver is fitted on, and samples, the grid without them, so the SIGMAS with repeats it was fitted from sample it
+too. Half-precision latents: the updates are accumulated in float32 and rounded once; coefficients, the fit and
+the reference's interpolation weights are float64.
 """
 from __future__ import annotations
 
@@ -29,8 +34,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .adaptive import sample_adaptive
-from .common import (Evaluation, ModelDerivative, check_choice, progress_range, report, validate_data_end_sigma,
-                     validate_latent, validate_sigmas)
+from .common import (Evaluation, ModelDerivative, SigmaSteps, check_choice, half_combination, is_half, progress_range,
+                     report, validate_data_end_sigma, validate_latent, validate_sigmas)
 from .predictor_corrector import PREDICTIONS, _apply, multistep_weights
 from .schedule_optimization import optimize_schedule, reference_options
 
@@ -225,7 +230,8 @@ def _evaluate(derivative, x, sigma: float, solver: FittedSolver, first: bool):
 def first_call_fits(grid, first_call) -> bool:
     """A first call ``(a, t)`` at a σ above the grid's σ_1 and not above σ_0 (t ≤ 1): the rule of the schedule
     search's candidates (:func:`optimize_fitted`) and of the refinement's steps (:func:`refine_end_to_end`)."""
-    first, second = float(grid[0]), float(grid[1])
+    first = float(grid[0])
+    second = next((float(s) for s in grid[1:] if float(s) < first), 0.0)  # σ_1 of the grid without repeats
     return second < first_call[1] * first <= first
 
 
@@ -298,10 +304,11 @@ def sample_fitted(model, x, sigmas, extra_args=None, callback=None, disable=None
     if not isinstance(solver, FittedSolver):
         raise ValueError(f"{WHO}: needs a fitted solver (the FlowScope · Fitted Solver node makes one), "
                          f"got {type(solver).__name__}")
-    grid = validate_sigmas(sigmas, WHO)
+    steps = SigmaSteps(sigmas, WHO, callback)
     validate_latent(x, WHO)
-    solver.check_grid(grid)
-    return _run(model, x, grid, sigmas, extra_args, callback, disable, solver, guidance=guidance)
+    solver.check_grid(steps.grid)
+    x = _run(model, x, steps.grid, steps.sigmas, extra_args, steps.callback, disable, solver, guidance=guidance)
+    return steps.finish(x)
 
 
 def reference_trajectory(model, x, sigmas, extra_args=None, rtol=1e-5, sigma_min=None, data_end_sigma=None,
@@ -350,12 +357,17 @@ def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", or
         raise ValueError(f"{who}: history = {history!r} must be between 1 and 8")
     if guidance_history not in range(0, 9):
         raise ValueError(f"{who}: guidance_history = {guidance_history!r} must be between 0 and 8")
-    grid = validate_sigmas(sigmas, who)
+    steps = SigmaSteps(sigmas, who)
     validate_latent(x, who)
+    grid = steps.grid
     if grid[-1] != 0:
         raise ValueError(f"{who}: the grid must end in 0 (got {grid[-1]:g}); fit a full schedule")
-    if len(targets) != len(grid) - 1 or any(t.shape != x.shape for t in targets):
-        raise ValueError(f"{who}: need {len(grid) - 1} reference states shaped like x, got {len(targets)}")
+    if steps.steps == 0:
+        raise ValueError(f"{who}: the grid has no step (every σ is 0); fit a full schedule")
+    if len(targets) != len(sigmas) - 1 or any(t.shape != x.shape for t in targets):
+        raise ValueError(f"{who}: need {len(sigmas) - 1} reference states shaped like x, got {len(targets)}")
+    targets = [targets[k - 1] for k in steps.keep[1:]]  # the states at the kept σ (equal σ, equal states)
+    sigmas = steps.sigmas
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
     solver = FittedSolver(tuple(grid), prediction, order, history, denoise_end=data_end_sigma is None,
                           guidance_history=guidance_history, first_call=tuple(first_call))
@@ -468,7 +480,8 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
     whose σ changed) and ``first_call``."""
     if iterations < 0:
         raise ValueError(f"refine_end_to_end: iterations = {iterations} must be ≥ 0")
-    grid = validate_sigmas(sigmas, "refine_end_to_end")
+    steps = SigmaSteps(sigmas, "refine_end_to_end")
+    grid, sigmas = steps.grid, steps.sigmas
     solver.check_grid(grid, "refine_end_to_end")
     lengths = [len(c) for c in solver.coefficients]
     movable = _movable_nodes(grid) if move_grid else []
@@ -633,9 +646,11 @@ class DenseReference:
             return self.states[j]
         first = min(max(j - 1, 0), len(nodes) - 4)
         points = range(first, first + 4)
+        weights = [math.prod((sigma - nodes[k]) / (nodes[m] - nodes[k]) for k in points if k != m) for m in points]
+        if is_half(self.states[0]):
+            return half_combination(None, 1.0, [(w, self.states[m]) for w, m in zip(weights, points)])
         total = None
-        for m in points:
-            weight = math.prod((sigma - nodes[k]) / (nodes[m] - nodes[k]) for k in points if k != m)
+        for weight, m in zip(weights, points):
             total = self.states[m] * weight if total is None else torch.add(total, self.states[m], alpha=weight)
         return total
 

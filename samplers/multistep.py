@@ -10,12 +10,15 @@ half the change of the gradient — heavy-ball-type momentum with β = 1/2 (see 
 The update never evaluates the model at σ_{n+1}. A step to σ = 0 without ``data_end_sigma`` (VE/EPS models,
 which are not defined below σ_min) is the "take the denoised" Euler step, as in k-diffusion: extrapolating the
 velocity polynomial over the last, typically much longer, step to 0 amplifies the model's roughness.
+Equal consecutive σ are skipped (:class:`~.common.SigmaSteps`): a zero step never enters the history (the
+Lagrange weights would divide by it). Half-precision latents: the update is accumulated in float32 and rounded
+once (:func:`~.common.half_combination`).
 """
 from __future__ import annotations
 
-from .common import (ModelDerivative, progress_range, report, validate_data_end_sigma, validate_latent,
-                     validate_sigmas)
-from .runge_kutta import rk_step
+from .common import (ModelDerivative, SigmaSteps, half_combination, is_half, progress_range, report,
+                     validate_data_end_sigma, validate_latent)
+from .runge_kutta import end_tableau, rk_step
 from .tableaux import EULER, HEUN, RK4
 
 
@@ -74,11 +77,12 @@ def sample_adams_bashforth(model, x, sigmas, extra_args=None, callback=None, dis
     who = f"fs_ab{order}"
     if order not in (2, 3, 4):
         raise ValueError(f"sample_adams_bashforth: order = {order!r} must be 2, 3 or 4")
-    grid = validate_sigmas(sigmas, who)
+    steps = SigmaSteps(sigmas, who, callback)
     validate_latent(x, who)
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
     if warm_start not in ("runge_kutta", "lower_order"):
         raise ValueError(f"{who}: warm_start = {warm_start!r} must be 'runge_kutta' or 'lower_order'")
+    grid, sigmas, callback = steps.grid, steps.sigmas, steps.callback
     derivative = ModelDerivative(model, x, sigmas, extra_args, data_end_sigma)
     warm_tableau = HEUN if order == 2 else RK4
     history = []  # derivatives d_n, d_{n-1}, … (newest first)
@@ -89,18 +93,25 @@ def sample_adams_bashforth(model, x, sigmas, extra_args=None, callback=None, dis
         history.insert(0, evaluation.derivative)
         del history[order:]
         steps_back = min(order, i + 1) if warm_start == "lower_order" else order
-        denoise_end = sigma_next == 0 and data_end_sigma is None
+        # the denoised end of VE/EPS models; the Adams step itself never evaluates at σ = 0
+        denoise_end = sigma_next == 0 and derivative.requested_data_end_sigma is None
         if denoise_end or i < steps_back - 1 or (warm_start == "runge_kutta" and i < order - 1):
-            stepper = EULER if denoise_end else warm_tableau
+            if denoise_end:
+                stepper = EULER
+            else:  # a warm-start step that ends at σ = 0: its stage there needs data_end_sigma
+                stepper = end_tableau(derivative, warm_tableau) if sigma_next == 0 else warm_tableau
             x = rk_step(derivative, x, sigma, sigma_next, stepper, first_derivative=evaluation).x
         else:
             weights = adams_bashforth_weights(grid[i - steps_back + 1:i + 1][::-1], sigma_next)
+            if is_half(x):
+                x = half_combination(x, 1.0, zip(weights, history))
+                continue
             increment = None
             for weight, d in zip(weights, history):
                 term = d * weight
                 increment = term if increment is None else increment + term
             x = x + increment
-    return x
+    return steps.finish(x)
 
 
 def _named(order):

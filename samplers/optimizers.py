@@ -23,6 +23,10 @@ step and nothing else costs 2). ``h_k`` is the current step, ``r_k = h_k/h_{k−
   part of an exponential integrator. ``variant="euler"``: ``x_{k+1} = x_k + h_k φ₁(λh_k) d_k``,
   ``φ₁(z) = (e^z − 1)/z`` — the curvature-aware Newton-like step length, order 1. ``variant="ab2"`` (default):
   exponential AB2 with that λ, order 2 for any bounded λ, AB2 at λ = 0, exact for linear velocity fields.
+
+Equal consecutive σ are skipped (:class:`~.common.SigmaSteps`): the step ratios and the secant never see a zero
+step. Half-precision latents: updates are accumulated in float32 and rounded once
+(:func:`~.common.half_combination`); the secant's dots, curvature and φ values are float64.
 """
 from __future__ import annotations
 
@@ -30,21 +34,33 @@ import math
 
 import torch
 
-from .common import (ModelDerivative, append_dims, check_choice, check_range, progress_range,
-                     report, validate_data_end_sigma, validate_latent, validate_sigmas)
+from .common import (ModelDerivative, SigmaSteps, append_dims, check_choice, check_range, half_combination,
+                     is_half, progress_range, report, validate_data_end_sigma, validate_latent, working_dtype)
 
 
-def _setup(model, x, sigmas, extra_args, data_end_sigma, who):
-    grid = validate_sigmas(sigmas, who)
+def _setup(model, x, sigmas, extra_args, callback, data_end_sigma, who):
+    """(:class:`~.common.SigmaSteps`, derivative) after validating the inputs."""
+    steps = SigmaSteps(sigmas, who, callback)
     validate_latent(x, who)
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
-    return grid, ModelDerivative(model, x, sigmas, extra_args, data_end_sigma)
+    return steps, ModelDerivative(model, x, steps.sigmas, extra_args, data_end_sigma)
+
+
+def _step(x, terms):
+    """``x + Σ w·t`` (w Python floats): as written for float32/float64, :func:`~.common.half_combination` for half
+    precision."""
+    if is_half(x):
+        return half_combination(x, 1.0, terms)
+    for weight, tensor in terms:
+        x = x + tensor * weight
+    return x
 
 
 def _gradient_extrapolation(model, x, sigmas, extra_args, callback, disable, gamma, grid_aware,
                             data_end_sigma, who):
     """Shared loop of heavy-ball (gradient form) and gradient estimation: ``d̄ = γ_k d_k + (1−γ_k) d_{k−1}``."""
-    grid, derivative = _setup(model, x, sigmas, extra_args, data_end_sigma, who)
+    steps, derivative = _setup(model, x, sigmas, extra_args, callback, data_end_sigma, who)
+    grid, sigmas, callback = steps.grid, steps.sigmas, steps.callback
     previous = None
     for i in progress_range(len(grid) - 1, disable=disable):
         sigma, sigma_next = grid[i], grid[i + 1]
@@ -53,12 +69,15 @@ def _gradient_extrapolation(model, x, sigmas, extra_args, callback, disable, gam
         report(callback, x, i, sigmas[i], evaluation.denoised)
         d = evaluation.derivative
         if previous is None:
-            x = x + d * h
+            x = _step(x, [(h, d)])
         else:
             g = 1.0 + (gamma - 1.0) * (h / (sigma - grid[i - 1])) if grid_aware else gamma
-            x = x + (d * g + previous * (1.0 - g)) * h
+            if is_half(x):
+                x = half_combination(x, 1.0, [(g * h, d), ((1.0 - g) * h, previous)])
+            else:
+                x = x + (d * g + previous * (1.0 - g)) * h
         previous = d
-    return x
+    return steps.finish(x)
 
 
 def sample_heavy_ball(model, x, sigmas, extra_args=None, callback=None, disable=None, beta=0.5,
@@ -77,16 +96,22 @@ def sample_heavy_ball(model, x, sigmas, extra_args=None, callback=None, disable=
         return _gradient_extrapolation(model, x, sigmas, extra_args, callback, disable, 1.0 + beta,
                                        grid_aware, data_end_sigma, who)
     beta = check_range(beta, 0.0, 1.0, who, "beta", high_open=True)
-    grid, derivative = _setup(model, x, sigmas, extra_args, data_end_sigma, who)
+    steps, derivative = _setup(model, x, sigmas, extra_args, callback, data_end_sigma, who)
+    grid, sigmas, callback = steps.grid, steps.sigmas, steps.callback
     momentum = None
     for i in progress_range(len(grid) - 1, disable=disable):
         sigma, sigma_next = grid[i], grid[i + 1]
         evaluation = derivative(x, sigma)
         report(callback, x, i, sigmas[i], evaluation.denoised)
         d = evaluation.derivative
-        momentum = d if momentum is None else momentum * beta + d * (1.0 - beta)
-        x = x + momentum * (sigma_next - sigma)
-    return x
+        if momentum is None:
+            momentum = d
+        elif is_half(x):  # the buffer in float32: an EMA rounded to half precision every step drifts
+            momentum = half_combination(momentum, beta, [(1.0 - beta, d)], dtype=torch.float32)
+        else:
+            momentum = momentum * beta + d * (1.0 - beta)
+        x = _step(x, [(sigma_next - sigma, momentum)])
+    return steps.finish(x)
 
 
 def sample_gradient_estimation(model, x, sigmas, extra_args=None, callback=None, disable=None, gamma=2.0,
@@ -118,7 +143,8 @@ def sample_nesterov(model, x, sigmas, extra_args=None, callback=None, disable=No
     who = "fs_nesterov"
     check_choice(variant, ("lookahead", "nag"), who, "variant")
     c = check_range(lookahead, 0.0, 1.0, who, "lookahead", high_open=True)
-    grid, derivative = _setup(model, x, sigmas, extra_args, data_end_sigma, who)
+    steps, derivative = _setup(model, x, sigmas, extra_args, callback, data_end_sigma, who)
+    grid, sigmas, callback = steps.grid, steps.sigmas, steps.callback
     previous_x = None
     for i in progress_range(len(grid) - 1, disable=disable):
         sigma, sigma_next = grid[i], grid[i + 1]
@@ -126,7 +152,10 @@ def sample_nesterov(model, x, sigmas, extra_args=None, callback=None, disable=No
         if previous_x is None:
             first = derivative(x, sigma)
             report(callback, x, i, sigmas[i], first.denoised)
-            lookahead_x = x + first.derivative * (c * h)
+            lookahead_x = _step(x, [(c * h, first.derivative)])
+        elif is_half(x):
+            ratio = c * h / (sigma - grid[i - 1])
+            lookahead_x = half_combination(x, 1.0 + ratio, [(-ratio, previous_x)])
         else:
             lookahead_x = x + (x - previous_x) * (c * h / (sigma - grid[i - 1]))
         if c == 0.0:
@@ -137,10 +166,10 @@ def sample_nesterov(model, x, sigmas, extra_args=None, callback=None, disable=No
             report(callback, x, i, sigmas[i], evaluation.denoised)
         previous_x = x
         if variant == "nag":
-            x = lookahead_x + evaluation.derivative * ((1.0 - c) * h)
+            x = _step(lookahead_x, [((1.0 - c) * h, evaluation.derivative)])
         else:
-            x = x + evaluation.derivative * h
-    return x
+            x = _step(x, [(h, evaluation.derivative)])
+    return steps.finish(x)
 
 
 def _phi(z: torch.Tensor):
@@ -162,8 +191,10 @@ HOST_COEFFICIENT_DEVICES = ("cpu",)
 
 def _secant_coefficients(numerator, denominator, h, step_ratio, limit, tiny):
     """(h·φ₁(z), φ₂(z)·h²/h_prev, −λ) per sample from the secant Rayleigh quotient λ = numerator/denominator,
-    z = clip(λh, ±limit), as [B] tensors."""
-    curvature = numerator / denominator.clamp_min(tiny)
+    z = clip(λh, ±limit), as [B] float64 tensors (float32 on Apple's MPS, which has no float64)."""
+    work = torch.float32 if numerator.device.type == "mps" else torch.float64
+    curvature = numerator.to(work) / denominator.to(work).clamp_min(tiny if work == torch.float64
+                                                                     else torch.finfo(work).tiny)
     z = (curvature * h).clamp(-limit, limit)
     phi1, phi2 = _phi(z)
     return phi1 * h, phi2 * step_ratio, z / -h
@@ -191,9 +222,13 @@ def _phi_scalar(z: float) -> tuple[float, float]:
 
 
 def _per_sample(values, like: torch.Tensor) -> torch.Tensor:
-    """[B] coefficients (a list or a tensor) shaped to broadcast against ``like`` [B, ...]."""
+    """[B] float64 coefficients (a list or a tensor) cast once to ``like``'s working dtype
+    (:func:`~.common.working_dtype`) and shaped to broadcast against ``like`` [B, ...]."""
+    dtype = working_dtype(like)
     if not isinstance(values, torch.Tensor):
-        values = torch.tensor(values, dtype=like.dtype)
+        values = torch.tensor(values, dtype=dtype)
+    elif values.dtype != dtype:
+        values = values.to(dtype)
     return append_dims(values, like.ndim)
 
 
@@ -215,10 +250,12 @@ def sample_secant(model, x, sigmas, extra_args=None, callback=None, disable=None
     who = "fs_secant"
     check_choice(variant, ("ab2", "euler"), who, "variant")
     limit = check_range(max_curvature_step, 0.0, 50.0, who, "max_curvature_step")
-    grid, derivative = _setup(model, x, sigmas, extra_args, data_end_sigma, who)
-    tiny = torch.finfo(x.dtype).tiny
+    steps, derivative = _setup(model, x, sigmas, extra_args, callback, data_end_sigma, who)
+    grid, sigmas, callback = steps.grid, steps.sigmas, steps.callback
+    tiny = torch.finfo(torch.float64).tiny
     coefficients = (_secant_coefficients_on_host if x.device.type in HOST_COEFFICIENT_DEVICES
                     else _secant_coefficients)
+    half = is_half(x)
     previous = None
     for i in progress_range(len(grid) - 1, disable=disable):
         sigma, sigma_next = grid[i], grid[i + 1]
@@ -227,10 +264,13 @@ def sample_secant(model, x, sigmas, extra_args=None, callback=None, disable=None
         report(callback, x, i, sigmas[i], evaluation.denoised)
         d = evaluation.derivative
         if previous is None:
-            x_next = x + d * h
+            x_next = _step(x, [(h, d)])
         else:
             previous_x, previous_d = previous
-            dx, dd = x - previous_x, d - previous_d
+            if half:  # differences and dots in float32: the states' difference cancels
+                dx, dd = x.float() - previous_x.float(), d.float() - previous_d.float()
+            else:
+                dx, dd = x - previous_x, d - previous_d
             flat_dx = dx.reshape(dx.shape[0], -1)
             numerator = torch.linalg.vecdot(dd.reshape(dd.shape[0], -1), flat_dx)
             denominator = torch.linalg.vecdot(flat_dx, flat_dx)
@@ -241,6 +281,8 @@ def sample_secant(model, x, sigmas, extra_args=None, callback=None, disable=None
                 # N_k − N_{k−1} = (d_k − d_{k−1}) − λ (x_k − x_{k−1}) with the same clipped λ = z/h
                 nonlinear_change = torch.addcmul(dd, dx, _per_sample(negative_curvature, x))
                 x_next = torch.addcmul(x_next, nonlinear_change, _per_sample(correction, x))
+            if half:  # float32 coefficients promoted the update to float32: one rounding back
+                x_next = x_next.to(x.dtype)
         previous = (x, d)
         x = x_next
-    return x
+    return steps.finish(x)

@@ -17,7 +17,10 @@ next predictor. The first steps use the history they have (lower order, 1 NFE pe
 The step that ends at σ = 0 (λ = ∞): with ``data_end_sigma`` (flow models) a σ-time Adams–Bashforth step on the
 velocity history (no model evaluation at σ = 0 is needed, the order is kept); without it (VE/EPS models, not
 defined below σ_min) the "take the denoised" step ``x ← D`` as in k-diffusion, and the step before it skips the
-corrector so that D belongs to x (UniPC also drops the corrector at the end). Weights are computed in float64.
+corrector so that D belongs to x (UniPC also drops the corrector at the end). Weights are computed in float64
+(Python floats); on a half-precision latent the update is accumulated in float32 and rounded once
+(:func:`~.common.half_combination`). Equal consecutive σ are skipped (:class:`~.common.SigmaSteps`): a zero step
+never enters the history.
 """
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ import math
 
 import torch
 
-from .common import (ModelDerivative, check_choice, progress_range, report, validate_data_end_sigma,
-                     validate_latent, validate_sigmas)
+from .common import (ModelDerivative, SigmaSteps, check_choice, half_combination, is_half, progress_range, report,
+                     validate_data_end_sigma, validate_latent)
 from .multistep import interpolation_weights, polynomial_moments  # the Lagrange weights Adams–Bashforth uses
 
 PREDICTIONS = ("velocity", "data")
@@ -60,7 +63,10 @@ def exponential_moments(h: float, count: int) -> list[float]:
 
 
 def _apply(x, decay, weights, values):
-    """``decay · x + Σ w_m q_m``: one fused multiply-add kernel per term (no multiply when decay = 1)."""
+    """``decay · x + Σ w_m q_m``: one fused multiply-add kernel per term (no multiply when decay = 1); on a
+    half-precision latent accumulated in float32 and rounded once (:func:`~.common.half_combination`)."""
+    if is_half(x):
+        return half_combination(x, decay, zip(weights, values))
     total = x * decay if decay != 1.0 else x
     for weight, value in zip(weights, values):
         total = torch.add(total, value, alpha=weight)
@@ -92,9 +98,10 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
     check_choice(prediction, PREDICTIONS, who, "prediction")
     if order not in (1, 2, 3, 4):
         raise ValueError(f"{who}: order = {order!r} must be 1, 2, 3 or 4")
-    grid = validate_sigmas(sigmas, who)
+    steps = SigmaSteps(sigmas, who, callback)
     validate_latent(x, who)
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
+    grid, sigmas, callback = steps.grid, steps.sigmas, steps.callback
     derivative = ModelDerivative(model, x, sigmas, extra_args, None)
     history_sigmas, history_outputs, history_velocities = [], [], []  # newest first
 
@@ -111,7 +118,7 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
         sigma, sigma_next = grid[i], grid[i + 1]
         report(callback, x, i, sigmas[i], evaluation.denoised)
         if sigma_next == 0 and denoise_end:
-            x = evaluation.denoised
+            x = evaluation.denoised.to(x.dtype)  # a float32 D of a half-precision latent: its dtype
             break
         remember(sigma, evaluation)
         points = min(order, len(history_sigmas))
@@ -130,7 +137,7 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
         decay, weights = multistep_weights(prediction, sigma, sigma_next, corrector_sigmas)
         x = _apply(x, decay, weights, [newest] + history_outputs[:order])
         # PEC: the history keeps the output at the predicted point; x moves to the corrected one
-    return x
+    return steps.finish(x)
 
 
 def sample_fs_abm(model, x, sigmas, extra_args=None, callback=None, disable=None, order=2, corrector=True,

@@ -6,10 +6,16 @@ the σ grid with it. Each named sampler (``fs_euler`` … ``fs_rk38``) is the ta
 σ = 0 end: with ``data_end_sigma`` (flow models) a stage at σ = 0 is evaluated at σ = data_end_sigma,
 so Heun/RK4 keep their order on the last step (ComfyUI's Heun falls back to Euler there). With
 ``data_end_sigma=None`` (VE/EPS models) a step ending at σ = 0 is the Euler step ``x ← D(x, σ_i)``,
-first order on that last step, as in k-diffusion.
+first order on that last step, as in k-diffusion; so is it for a flow model whose predictions are half precision
+(they cannot resolve ``(x − D)/data_end_sigma``, see :class:`~.common.ModelDerivative`), unless no stage of the
+tableau lands on σ = 0 (:func:`end_tableau`).
 
-``fs_euler`` is bit-identical to k-diffusion's ``sample_euler`` (``s_churn = 0``): the derivative divides
-by the σ-grid-dtype σ tensor and the update is ``x + d·Δσ`` with ``Δσ`` computed in the σ grid's dtype.
+``fs_euler`` is bit-identical to k-diffusion's ``sample_euler`` (``s_churn = 0``) on float32/float64 latents: the
+derivative divides by the σ-grid-dtype σ tensor and the update is ``x + d·Δσ`` with ``Δσ`` computed in the σ
+grid's dtype. Equal consecutive σ are skipped (:class:`~.common.SigmaSteps`; ComfyUI's euler calls the model there
+and leaves x unchanged, so the result is the same without the call). On a half-precision latent the stage sums are
+accumulated in float32 and rounded once (:func:`~.common.half_combination`); x keeps its dtype, where ComfyUI's
+``sample_euler`` promotes it to float32 after the first step.
 """
 from __future__ import annotations
 
@@ -17,8 +23,8 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from .common import (Evaluation, ModelDerivative, progress_range, report, validate_data_end_sigma,
-                     validate_latent, validate_sigmas)
+from .common import (Evaluation, ModelDerivative, SigmaSteps, half_combination, is_half, progress_range, report,
+                     validate_data_end_sigma, validate_latent)
 from .tableaux import EULER, ButcherTableau, get_tableau
 
 
@@ -31,7 +37,10 @@ class RKStep(NamedTuple):
 
 def _combine(x: Optional[torch.Tensor], terms) -> Optional[torch.Tensor]:
     """``x + Σ coefficient·k`` with zero coefficients skipped (one-term sums keep k-diffusion's bits);
-    ``x=None`` returns the sum alone."""
+    ``x=None`` returns the sum alone. Half precision: :func:`~.common.half_combination` (one rounding)."""
+    terms = list(terms)
+    if (x is not None and is_half(x)) or (x is None and terms and is_half(terms[0][1])):
+        return half_combination(x, 1.0, terms)
     increment = None
     for coefficient, k in terms:
         if coefficient == 0.0:
@@ -78,6 +87,18 @@ def rk_step(derivative_fn: Callable, x: torch.Tensor, sigma: float, sigma_next: 
     return RKStep(x_next, error, evaluations, last)
 
 
+def end_tableau(derivative: ModelDerivative, tableau: ButcherTableau) -> ButcherTableau:
+    """The tableau of a step that ends at σ = 0: ``tableau`` when its stages can be evaluated there — with
+    ``data_end_sigma``, or, for a flow model whose half-precision predictions rule the substitution out
+    (:class:`~.common.ModelDerivative`), when no stage lands on σ = 0 (midpoint, Ralston) — else Euler, the
+    denoised step ``x ← D(x, σ)``."""
+    if derivative.data_end_sigma is not None:
+        return tableau
+    if derivative.requested_data_end_sigma is not None and all(c != 1.0 for c in tableau.c[1:]):
+        return tableau
+    return EULER
+
+
 def integrate_fixed(derivative: ModelDerivative, x: torch.Tensor, grid: list, tableau: ButcherTableau,
                     first: Optional[Evaluation] = None, steps: Optional[list] = None,
                     on_step: Optional[Callable] = None, disable=None) -> torch.Tensor:
@@ -92,8 +113,7 @@ def integrate_fixed(derivative: ModelDerivative, x: torch.Tensor, grid: list, ta
             first = derivative(x, sigma)
         if on_step is not None:
             on_step(i, x, first)
-        end_without_model = sigma_next == 0 and derivative.data_end_sigma is None
-        stepper = EULER if end_without_model else tableau
+        stepper = end_tableau(derivative, tableau) if sigma_next == 0 else tableau
         result = rk_step(derivative, x, sigma, sigma_next, stepper, first_derivative=first,
                          step=None if steps is None else steps[i])
         x, first = result.x, result.last
@@ -112,9 +132,10 @@ def sample_rk(model, x, sigmas, extra_args=None, callback=None, disable=None, me
     """
     who = f"fs_{method}" if isinstance(method, str) else "sample_rk"
     tableau = get_tableau(method, who)
-    grid = validate_sigmas(sigmas, who)
+    grid = SigmaSteps(sigmas, who, callback)
     validate_latent(x, who)
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
+    sigmas, callback = grid.sigmas, grid.callback
     derivative = ModelDerivative(model, x, sigmas, extra_args, data_end_sigma)
     if isinstance(sigmas, torch.Tensor):
         steps = (sigmas[1:] - sigmas[:-1]).tolist()  # Δσ in the grid's dtype, like k-diffusion's dt
@@ -124,7 +145,8 @@ def sample_rk(model, x, sigmas, extra_args=None, callback=None, disable=None, me
     def on_step(i, state, evaluation):
         report(callback, state, i, sigmas[i], evaluation.denoised)
 
-    return integrate_fixed(derivative, x, grid, tableau, steps=steps, on_step=on_step, disable=disable)
+    x = integrate_fixed(derivative, x, grid.grid, tableau, steps=steps, on_step=on_step, disable=disable)
+    return grid.finish(x)
 
 
 def _named(method: str):

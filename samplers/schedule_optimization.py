@@ -28,7 +28,9 @@ from .common import validate_sigmas
 
 
 def warp_schedule(base_sigmas, theta) -> torch.Tensor:
-    """The base grid warped by log-slopes ``theta`` (see the module docstring); float64, same length."""
+    """The base grid warped by log-slopes ``theta`` (see the module docstring); float64, same length. A base with
+    equal consecutive σ is read the same way (flat between the equal points); the warped grid is then
+    non-increasing, and the samplers skip what repeats."""
     grid = validate_sigmas(base_sigmas, "warp_schedule")
     if grid[-1] != 0:
         raise ValueError(f"warp_schedule: the base schedule must end in 0, got {grid[-1]}")

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .common import ModelDerivative, validate_data_end_sigma, validate_latent, validate_sigmas
+from .common import ModelDerivative, SigmaSteps, validate_data_end_sigma, validate_latent, validate_sigmas
 from .runge_kutta import rk_step
 from .tableaux import EULER, HEUN
 
@@ -245,17 +245,23 @@ def trajectory_adaptive_sigmas(model, x, pilot_sigmas, steps, extra_args=None, d
     equidistributes the local error ``κ h^{p+1}`` over the new steps (de Boor's equidistribution
     principle). ``ρ`` is floored at ``density_floor × its σ-mean`` so flat regions still get steps.
     The new grid inverts the cumulative density at ``steps`` equal increments: it starts at
-    ``pilot_sigmas[0]``, ends in 0 and is strictly decreasing. ``pilot_sigmas`` must end in 0; an interval
+    ``pilot_sigmas[0]``, ends in 0 and is strictly decreasing. ``pilot_sigmas`` must end in 0; equal consecutive
+    pilot σ are dropped (:class:`~.common.SigmaSteps`); an interval
     ending at σ = 0 without ``data_end_sigma`` (no Heun estimate there) takes its neighbour's density.
-    ``info`` (a dict) receives ``pilot_nfe``, ``local_error``, ``density`` and the pilot grid.
+    ``info`` (a dict) receives ``pilot_nfe``, ``local_error``, ``density`` and the pilot grid (without repeats).
+    The Heun–Euler difference is taken from the two stage derivatives, ``(h/2)(d₂ − d₁)``, in float32 for a
+    half-precision latent (float64 for float64): as a difference of two states it would cancel to the
+    latent's rounding.
     """
     who = "trajectory_adaptive_sigmas"
-    grid = validate_sigmas(pilot_sigmas, who)
+    grid = SigmaSteps(pilot_sigmas, who).grid
     validate_latent(x, who)
     _check_steps(steps, who)
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
     if grid[-1] != 0:
         raise ValueError(f"{who}: pilot_sigmas must end in 0, got {grid[-1]}")
+    if len(grid) < 2:
+        raise ValueError(f"{who}: pilot_sigmas has no step (every σ is 0)")
     if not order >= 1:
         raise ValueError(f"{who}: order = {order} must be ≥ 1")
     if not 0 < density_floor <= 1:
@@ -265,13 +271,17 @@ def trajectory_adaptive_sigmas(model, x, pilot_sigmas, steps, extra_args=None, d
     for j in range(len(grid) - 1):
         sigma, sigma_next = grid[j], grid[j + 1]
         first = derivative(x, sigma)
-        if sigma_next == 0 and data_end_sigma is None:
+        if sigma_next == 0 and derivative.data_end_sigma is None:
             x = rk_step(derivative, x, sigma, sigma_next, EULER, first_derivative=first).x
             errors.append(torch.full((), float("nan"), dtype=torch.float64, device=x.device))
             continue
-        euler = x + first.derivative * (sigma_next - sigma)
-        x = rk_step(derivative, x, sigma, sigma_next, HEUN, first_derivative=first).x
-        errors.append(_per_sample_rms(x - euler).mean().to(torch.float64))
+        result = rk_step(derivative, x, sigma, sigma_next, HEUN, first_derivative=first)
+        second = result.evaluations[1].derivative  # at the Euler point (x + h d₁, σ_next)
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        difference = (second.to(work) - first.derivative.to(work)) * (0.5 * (sigma_next - sigma))
+        x = result.x
+        del result
+        errors.append(_per_sample_rms(difference).mean().to(torch.float64))
     local_error = torch.stack(errors).tolist()  # one sync after the pilot
     widths = [grid[j] - grid[j + 1] for j in range(len(grid) - 1)]
     density = [(e / (w * w)) ** (1.0 / (order + 1)) if math.isfinite(e) else math.nan

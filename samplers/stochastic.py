@@ -18,6 +18,11 @@ The last step to σ' = 0 returns D (s = 0 there), so the model is never evaluate
 
 Noise: ``noise_sampler(sigma, sigma_next)`` as in k-diffusion, default seeded from ``extra_args["seed"]``
 (deterministic given the seed), else torch's global RNG.
+
+Equal consecutive σ are skipped (:class:`~.common.SigmaSteps`): no model call, no noise draw, no Langevin
+correction there, so a grid with repeats gives the result of the grid without them (for a fixed seed too).
+Half-precision latents: the updates are accumulated in float32 and rounded once
+(:func:`~.common.half_combination`), the Langevin step sizes computed in float32 (:func:`~.common.batch_norm`).
 """
 from __future__ import annotations
 
@@ -25,10 +30,11 @@ import math
 
 import torch
 
-from .common import (ModelDerivative, append_dims, batch_norm, check_choice, check_range, progress_range, report,
-                     resolve_noise_sampler, validate_data_end_sigma, validate_latent, validate_sigmas)
-from .runge_kutta import rk_step
-from .tableaux import EULER, get_tableau
+from .common import (ModelDerivative, SigmaSteps, append_dims, batch_norm, check_choice, check_range,
+                     half_combination, is_half, progress_range, report, resolve_noise_sampler, validate_data_end_sigma,
+                     validate_latent)
+from .runge_kutta import end_tableau, rk_step
+from .tableaux import get_tableau
 
 
 def _check_family(grid, flow_model, who):
@@ -51,9 +57,10 @@ def ddim_coefficients(sigma: float, sigma_next: float, eta: float, flow_model: b
 
 def _sample_ddim_eta(model, x, sigmas, extra_args, callback, disable, eta, flow_model, noise_sampler,
                      s_noise, data_end_sigma, who):
-    grid = validate_sigmas(sigmas, who)
+    steps = SigmaSteps(sigmas, who, callback)
     validate_latent(x, who)
     validate_data_end_sigma(data_end_sigma, who)
+    grid, sigmas, callback = steps.grid, steps.sigmas, steps.callback
     _check_family(grid, flow_model, who)
     eta = check_range(eta, 0.0, 1.0, who, "eta")
     derivative = ModelDerivative(model, x, sigmas, extra_args)
@@ -63,10 +70,14 @@ def _sample_ddim_eta(model, x, sigmas, extra_args, callback, disable, eta, flow_
         denoised, _ = derivative.denoise(x, sigma)
         report(callback, x, i, sigmas[i], denoised)
         c_x, c_d, s = ddim_coefficients(sigma, sigma_next, eta, flow_model)
+        if is_half(x):
+            terms = [(c_d, denoised)] + ([(s * s_noise, noise(sigmas[i], sigmas[i + 1]))] if s > 0 else [])
+            x = half_combination(x, c_x, terms)
+            continue
         x = x * c_x + denoised * c_d
         if s > 0:
             x = x + noise(sigmas[i], sigmas[i + 1]) * (s * s_noise)
-    return x
+    return steps.finish(x)
 
 
 def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, flow_model=True, eta=0.0,
@@ -111,8 +122,9 @@ def sample_langevin_pc(model, x, sigmas, extra_args=None, callback=None, disable
     """
     who = "fs_langevin_pc"
     tableau = get_tableau(predictor, who)
-    grid = validate_sigmas(sigmas, who)
+    steps = SigmaSteps(sigmas, who, callback)
     validate_latent(x, who)
+    grid, sigmas, callback = steps.grid, steps.sigmas, steps.callback
     _check_family(grid, flow_model, who)
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
     if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) or corrector_steps < 0:
@@ -121,24 +133,30 @@ def sample_langevin_pc(model, x, sigmas, extra_args=None, callback=None, disable
     check_choice(step_norm, ("per_sample", "batch"), who, "step_norm")
     derivative = ModelDerivative(model, x, sigmas, extra_args, data_end_sigma)
     noise = resolve_noise_sampler(x, extra_args, noise_sampler)
-    tiny = torch.finfo(x.dtype).tiny
+    half = is_half(x)
+    tiny = torch.finfo(torch.float32 if half else x.dtype).tiny
     for i in progress_range(len(grid) - 1, disable=disable):
         sigma, sigma_next = grid[i], grid[i + 1]
         first = derivative(x, sigma)
         report(callback, x, i, sigmas[i], first.denoised)
-        stepper = EULER if (sigma_next == 0 and data_end_sigma is None) else tableau
+        stepper = end_tableau(derivative, tableau) if sigma_next == 0 else tableau
         x = rk_step(derivative, x, sigma, sigma_next, stepper, first_derivative=first).x
         if sigma_next == 0:
             continue
         a_next = max(0.0, 1.0 - sigma_next) if flow_model else 1.0
         for _ in range(corrector_steps):
             denoised, _ = derivative.denoise(x, sigma_next)
-            score = (x - denoised * a_next) * (-1.0 / (sigma_next * sigma_next))
+            if half:
+                score = half_combination(x, -1.0 / (sigma_next * sigma_next),
+                                         [(a_next / (sigma_next * sigma_next), denoised)], dtype=torch.float32)
+            else:
+                score = (x - denoised * a_next) * (-1.0 / (sigma_next * sigma_next))
             z = noise(sigmas[i], sigmas[i + 1])
             noise_norm, score_norm = batch_norm(z), batch_norm(score)
             if step_norm == "batch":
                 noise_norm, score_norm = noise_norm.mean(), score_norm.mean()
             epsilon = 2.0 * (snr * noise_norm / score_norm.clamp_min(tiny)) ** 2
             epsilon = append_dims(epsilon, x.ndim)
-            x = x + epsilon * score + torch.sqrt(2.0 * epsilon) * z
-    return x
+            update = x + epsilon * score + torch.sqrt(2.0 * epsilon) * z  # float32 for a half-precision x
+            x = update.to(x.dtype) if half else update
+    return steps.finish(x)

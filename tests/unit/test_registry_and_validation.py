@@ -76,8 +76,8 @@ def test_without_data_end_sigma_the_model_never_sees_zero(name):
 BAD_SIGMAS = [
     (torch.tensor([1.0]), "sigmas needs at least 2 entries"),
     (torch.tensor([1.0, float("nan"), 0.0]), r"sigmas\[1\] = nan is not finite"),
-    (torch.tensor([0.5, 0.7, 0.0]), "sigmas must be strictly decreasing"),
-    (torch.tensor([1.0, 0.5, 0.5, 0.0]), "sigmas must be strictly decreasing"),
+    (torch.tensor([0.5, 0.75, 0.0]), r"sigmas must be decreasing .*sigmas\[0\] = 0.5 < sigmas\[1\] = 0.75"),
+    (torch.tensor([1.0, 0.5, 0.5, 0.75, 0.0]), r"sigmas must be decreasing .*sigmas\[2\] = 0.5 < sigmas\[3\] = 0.75"),
     (torch.tensor([1.0, 0.5, -0.1]), r"sigmas\[2\] = -0.1\d* is negative"),
     (torch.ones(2, 2), "sigmas must be a 1-D tensor"),
 ]
@@ -106,6 +106,7 @@ def test_bad_latent_and_data_end_sigma(name):
 
 def test_validators_directly():
     assert validate_sigmas(torch.tensor([2.0, 1.0, 0.0]), "w") == [2.0, 1.0, 0.0]
+    assert validate_sigmas(torch.tensor([2.0, 1.0, 1.0, 0.0, 0.0]), "w") == [2.0, 1.0, 1.0, 0.0, 0.0]  # equal: kept
     validate_latent(torch.zeros(1, 4), "w")
     with pytest.raises(ValueError, match="w: the latent x must be floating point"):
         validate_latent(torch.zeros(1, 4, dtype=torch.int64), "w")

@@ -143,5 +143,14 @@ def test_trajectory_adaptive_without_data_end_sigma_and_validation():
     assert sigmas.shape == (7,) and sigmas[-1] == 0 and bool((sigmas[1:] < sigmas[:-1]).all())
     with pytest.raises(ValueError, match="trajectory_adaptive_sigmas: pilot_sigmas must end in 0"):
         trajectory_adaptive_sigmas(model, x, torch.tensor([1.0, 0.5, 0.1]), 4)
-    with pytest.raises(ValueError, match="trajectory_adaptive_sigmas: sigmas must be strictly decreasing"):
-        trajectory_adaptive_sigmas(model, x, torch.tensor([1.0, 0.5, 0.5, 0.0]), 4)
+    with pytest.raises(ValueError, match="trajectory_adaptive_sigmas: sigmas must be decreasing"):
+        trajectory_adaptive_sigmas(model, x, torch.tensor([1.0, 0.5, 0.75, 0.0]), 4)
+    with pytest.raises(ValueError, match="trajectory_adaptive_sigmas: pilot_sigmas has no step"):
+        trajectory_adaptive_sigmas(model, x, torch.tensor([0.0, 0.0]), 4)
+    # equal pilot σ are dropped: the same grid as the pilot without the repeat
+    pilot = uniform_sigmas(10, dtype=torch.float64)
+    repeated = torch.cat([pilot[:4], pilot[3:4], pilot[4:]])
+    info, repeated_info = {}, {}
+    assert torch.equal(trajectory_adaptive_sigmas(model, x, repeated, 6, info=repeated_info),
+                       trajectory_adaptive_sigmas(model, x, pilot, 6, info=info))
+    assert repeated_info["pilot_nfe"] == info["pilot_nfe"]
