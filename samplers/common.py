@@ -7,7 +7,9 @@ the noise estimate of a variance-exploding model).
 σ = 0 (the data end). ``d`` is 0/0 at σ = 0. :class:`ModelDerivative` therefore never calls the model at
 σ = 0: with ``data_end_sigma`` set (flow/CONST models, whose velocity is finite at σ = 0) a stage that
 would be evaluated at σ = 0 is evaluated at σ = ``data_end_sigma`` instead, which keeps multi-stage methods
-at full order on the last step (the bias is O(data_end_sigma) per unit σ). With ``data_end_sigma=None``
+at full order on the last step (the bias is O(data_end_sigma) per unit σ); the model is then given the path's
+point at that σ, ``x + data_end_sigma·d`` with d the latest derivative, so a prediction pinned to a fixed value
+(the kept region of an inpainting mask) yields that path's velocity rather than 0. With ``data_end_sigma=None``
 (VE/EPS/V models, undefined at σ = 0) the samplers take the first-order "denoised" step
 ``x ← x + (0 − σ)·d = D(x, σ)`` on a step that ends at σ = 0, as k-diffusion does.
 
@@ -224,6 +226,7 @@ class ModelDerivative:
         self.s_in = x.new_ones([x.shape[0]], dtype=self.dtype if self.half else x.dtype)
         self.device = x.device
         self.nfe = 0
+        self.latest = None  # the latest derivative when data_end_sigma is set (a reference, not a copy)
 
     @property
     def data_end_sigma(self):
@@ -249,8 +252,17 @@ class ModelDerivative:
         return denoised, (sigma if self.half else sigma_t)
 
     def __call__(self, x: torch.Tensor, sigma: float) -> Evaluation:
+        if sigma == 0 and self.latest is not None and self.latest.shape == x.shape and self.data_end_sigma:
+            # x lies at σ = 0; the model is asked at σ = data_end_sigma, so it is given the point of the path there,
+            # x + data_end_sigma·d (d: the latest derivative). A prediction that is pinned to a fixed value (the
+            # kept region of an inpainting mask, D = the original latent) then gives that path's true velocity,
+            # not (x − D)/data_end_sigma of a point that already reached D.
+            x = (x + self.data_end_sigma * self.latest).to(x.dtype)
         denoised, sigma_t = self.denoise(x, sigma)
-        return Evaluation((x - denoised) / sigma_t, denoised)  # 0-d σ: broadcasts, ~3× cheaper than a [B,1,…] view
+        derivative = (x - denoised) / sigma_t  # 0-d σ: broadcasts, ~3× cheaper than a [B,1,…] view
+        if self.requested_data_end_sigma is not None:
+            self.latest = derivative
+        return Evaluation(derivative, denoised)
 
 
 # -- progress and callbacks --------------------------------------------------------------------------
