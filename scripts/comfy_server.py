@@ -44,7 +44,7 @@ class PromptFailed(RuntimeError):
 
 class ComfyServer:
     def __init__(self, base_dir: pathlib.Path | None = None, extra_env: dict | None = None,
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, extra_custom_nodes: dict[str, pathlib.Path] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._own_base = base_dir is None
@@ -53,19 +53,21 @@ class ComfyServer:
         self.log_path = self.base_dir / "server.log"
         self.extra_env = extra_env or {}
         self.extra_args = extra_args or []
+        self.extra_custom_nodes = extra_custom_nodes or {}  # folder name → path, loaded beside the pack
         self.process: subprocess.Popen | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self, timeout: float = 180.0) -> "ComfyServer":
         for sub in ("custom_nodes", "output", "input", "user", "models", "temp"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
-        link = self.base_dir / "custom_nodes" / PACK_FOLDER
-        if not link.exists():
-            link.symlink_to(ROOT, target_is_directory=True)
+        for folder, target in {PACK_FOLDER: ROOT, **self.extra_custom_nodes}.items():
+            link = self.base_dir / "custom_nodes" / folder
+            if not link.exists():
+                link.symlink_to(target, target_is_directory=True)
         command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                    "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(self.base_dir),
                    "--database-url", "sqlite:///:memory:", "--disable-all-custom-nodes",
-                   "--whitelist-custom-nodes", PACK_FOLDER, *self.extra_args]
+                   "--whitelist-custom-nodes", PACK_FOLDER, *self.extra_custom_nodes, *self.extra_args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, cwd=comfyui_dir(), stdout=self._log, stderr=subprocess.STDOUT,
