@@ -14,7 +14,7 @@ import folder_paths
 import latent_preview
 import torch
 
-from ..samplers.trajectory import Trajectory, TrajectoryRecorder, latent_parts, straightness
+from ..samplers.trajectory import Trajectory, TrajectoryRecorder, flatten_batch, latent_parts, straightness
 from ..diagnostics import charts
 from .comfy_io import TrajectoryType, io
 from .comfy_sampling import comfy_sampler_function, is_flow_model, sample_like_custom_advanced
@@ -437,7 +437,7 @@ class CompareSamplers(io.ComfyNode):
             for count in step_counts:
                 samples, _, trajectory = record_sampling(guider, comfy.samplers.sampler_object(name), grid(count),
                                                          latent_image, noise, name, preview=False)
-                per_sample = (samples - reference).reshape(samples.shape[0], -1).pow(2).mean(1).sqrt()
+                per_sample = (flatten_batch(samples) - flatten_batch(reference)).pow(2).mean(1).sqrt()  # any parts
                 rows.append({"sampler": name, "steps": count, "nfe": trajectory.nfe,
                              "rms_error": float(per_sample.pow(2).mean().sqrt()),
                              "median_error": float(per_sample.median())})

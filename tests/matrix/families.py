@@ -357,7 +357,7 @@ def _ensure_comfy():
     boot()
 
 
-def _build(key: str, dtype: torch.dtype, seed: int) -> BuiltFamily:
+def _build(key: str, dtype: torch.dtype, seed: int, compute_in_dtype: bool) -> BuiltFamily:
     _ensure_comfy()
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -372,7 +372,8 @@ def _build(key: str, dtype: torch.dtype, seed: int) -> BuiltFamily:
         parts = _RECIPES[key](torch.Generator().manual_seed(seed + 1))
         config = getattr(comfy.supported_models, spec.config_class)(parts.unet_config)
         load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-        manual_cast = mm.unet_manual_cast(dtype, load_device, config.supported_inference_dtypes)
+        manual_cast = (None if compute_in_dtype else
+                       mm.unet_manual_cast(dtype, load_device, config.supported_inference_dtypes))
         config.set_inference_dtype(dtype, manual_cast)
         model = config.get_model(parts.state_dict, "")
         model = model.to(offload_device)
@@ -393,18 +394,21 @@ def _copy_conditioning(cond):
     return [[c[0], dict(c[1])] for c in cond]
 
 
-def build_family(key: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> BuiltFamily:
+def build_family(key: str, dtype: torch.dtype = torch.float32, seed: int = 0,
+                 compute_in_dtype: bool = False) -> BuiltFamily:
     """The tiny ``key`` model (see FAMILIES) with weights in ``dtype``, seeded by ``seed``.
 
-    Models are cached per (key, dtype, seed); every call returns a fresh ``ModelPatcher.clone()`` (shared weights,
+    ``compute_in_dtype``: no manual cast — the layers compute in ``dtype`` as they do on a GPU that supports it
+    (ComfyUI's loader picks a float32 manual cast for half-precision weights on the CPU).
+    Models are cached per (key, dtype, seed, compute_in_dtype); every call returns a fresh ``ModelPatcher.clone()`` (shared weights,
     own model_options) and fresh conditioning lists, so callers may patch them as ComfyUI nodes do.
     """
     if key not in FAMILIES:
         raise KeyError(f"build_family: unknown family {key!r}; known: {sorted(FAMILIES)}"
                        + (f"; not buildable: {NOT_BUILDABLE[key]}" if key in NOT_BUILDABLE else ""))
-    cache_key = (key, dtype, seed)
+    cache_key = (key, dtype, seed, compute_in_dtype)
     if cache_key not in _CACHE:
-        _CACHE[cache_key] = _build(key, dtype, seed)
+        _CACHE[cache_key] = _build(key, dtype, seed, compute_in_dtype)
     base = _CACHE[cache_key]
     return BuiltFamily(base.spec, base.model.clone(), _copy_conditioning(base.positive),
                        _copy_conditioning(base.negative), base.noise_mask, base.config)

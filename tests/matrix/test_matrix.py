@@ -375,9 +375,9 @@ def test_compare_samplers_on_a_schedule_with_repeated_sigmas(pack):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("key", family_params())
 def test_low_precision_models(pack, key, dtype):
-    """Weights in float16/bfloat16 (set_inference_dtype, as ComfyUI picks on GPUs): every fs_ sampler and SAMPLER
-    node runs, with the dtype of euler's output."""
-    family = build_family(key, dtype=DTYPES[dtype])
+    """Weights in float16/bfloat16 and the layers computing in it (set_inference_dtype without a manual cast, as
+    ComfyUI runs them on GPUs): every fs_ sampler and SAMPLER node runs, with the dtype of euler's output."""
+    family = build_family(key, dtype=DTYPES[dtype], compute_in_dtype=True)
     latent = {"samples": family.latent(2)}
     stock = ksampler(family, "euler", latent)
     results = {name: ksampler(family, name, latent) for name in fs_sampler_names(pack)}

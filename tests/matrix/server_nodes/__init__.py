@@ -32,7 +32,8 @@ class TinyFamilyModel:
     def load(self, family, dtype, batch_size):
         import torch
 
-        built = families.build_family(family, dtype=getattr(torch, dtype))
+        # half precision computes in that dtype, as on a GPU (on the CPU the loader would pick a float32 cast)
+        built = families.build_family(family, dtype=getattr(torch, dtype), compute_in_dtype=dtype != "float32")
         return built.model, built.positive, built.negative, {"samples": built.latent(batch_size)}
 
 
