@@ -24,6 +24,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # Dropdown samplers that draw noise; every other fs_ sampler is a deterministic ODE solver.
 STOCHASTIC = {"fs_langevin_pc", "fs_flow_sde"}
 SEED = 11
+UNET_FAMILIES = ("sd15", "sd21v", "sdxl")
 
 pytestmark = pytest.mark.matrix
 
@@ -98,6 +99,25 @@ def problems(output, like) -> list[str]:
 def check_all(results: dict, like) -> None:
     failures = {name: issue for name, output in results.items() if (issue := problems(output, like))}
     assert not failures, failures
+
+
+ADAPTIVE = ("fs_bosh3", "fs_dopri5")
+ADAPTIVE_BUDGET = 40
+
+
+def every_fs_sampler(pack, family, latent: dict, steps=4, denoise=1.0, cfg=2.0) -> dict:
+    """Every fs_ sampler on one graph: by name through KSampler, except the adaptive pair, which runs with the same
+    sampler function under an NFE budget (Adaptive Sampler node, ``nfe_budget``) on the σ grid KSampler would use:
+    their dropdown defaults (rtol 1e-3) spend hundreds of calls on a random-weight model, and the by-name path is
+    covered by :func:`test_every_dropdown_sampler`."""
+    results = {name: ksampler(family, name, latent, cfg, steps, denoise=denoise)
+               for name in fs_sampler_names(pack) if name not in ADAPTIVE}
+    sigmas = sigmas_of(family, steps=int(steps / denoise))[-(steps + 1):]
+    node = pack_module("nodes.sampler_nodes").AdaptiveSampler
+    for name in ADAPTIVE:
+        sampler = execute(node, method=name.removeprefix("fs_"), nfe_budget=ADAPTIVE_BUDGET)[0]
+        results[f"{name} (budget {ADAPTIVE_BUDGET})"] = custom(family, sampler, sigmas, latent, cfg)
+    return results
 
 
 def execute(node_cls, **inputs):
@@ -201,6 +221,13 @@ def relative(a, b) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
+def subdivided(sigmas, parts: int):
+    """Each step of ``sigmas`` cut into ``parts`` equal steps in σ."""
+    fractions = torch.arange(parts, dtype=sigmas.dtype) / parts
+    inner = sigmas[:-1, None] + (sigmas[1:] - sigmas[:-1])[:, None] * fractions
+    return torch.cat([inner.reshape(-1), sigmas[-1:]])
+
+
 SINGLE_STEP = ("fs_euler", "fs_heun", "fs_midpoint", "fs_ralston", "fs_rk3", "fs_rk4", "fs_rk38", "fs_ddim")
 
 
@@ -208,7 +235,10 @@ def test_split_runs_land_close_to_the_whole_run(pack, family):
     """16 steps split at 8. Single-step methods restart exactly (gap < 1e-4 relative). A multistep method restarts
     its history from a lower order, so its two halves differ from the whole run by at most its own discretization
     error: the gap is bounded by 3× the whole run's error against a tight reference (a split that adds noise twice or
-    resumes at the wrong σ misses by the size of the latent instead)."""
+    resumes at the wrong σ misses by the size of the latent instead). Reference: fs_rk4 on the grid with every step
+    cut in four (same end points, so VE models end with the same denoised step)."""
+    import comfy.samplers
+
     steps, middle = 16, 8
     latent = {"samples": family.latent(2)}
     deterministic = [name for name in fs_sampler_names(pack) if name not in STOCHASTIC
@@ -216,9 +246,8 @@ def test_split_runs_land_close_to_the_whole_run(pack, family):
     whole = {name: ksampler(family, name, latent, steps=steps) for name in deterministic}
     split = {name: split_run(family, name, latent, steps, middle) for name in deterministic}
     check_all(split, whole["fs_euler"])
-    reference_sampler = execute(pack_module("nodes.sampler_nodes").AdaptiveSampler, rtol=1e-4, atol=1e-5,
-                                max_nfe=20000)[0]
-    reference = custom(family, reference_sampler, sigmas_of(family, steps=steps), latent)
+    reference = custom(family, comfy.samplers.sampler_object("fs_rk4"), subdivided(sigmas_of(family, steps=steps), 4),
+                       latent)
     gaps = {name: relative(split[name], whole[name]) for name in deterministic}
     errors = {name: relative(whole[name], reference) for name in deterministic}
     assert not {name: gaps[name] for name in SINGLE_STEP if gaps[name] >= 1e-4}, gaps
@@ -230,8 +259,7 @@ def test_partial_denoise_from_a_non_empty_latent(pack, family):
     start = family.latent(2, seed=3)
     latent = {"samples": start}
     stock = ksampler(family, "euler", latent, denoise=0.5)
-    results = {name: ksampler(family, name, latent, denoise=0.5) for name in fs_sampler_names(pack)}
-    check_all(results, stock)
+    check_all(every_fs_sampler(pack, family, latent, denoise=0.5), stock)
 
 
 def inpainting_mask(family):
@@ -249,7 +277,7 @@ def test_inpainting_keeps_the_masked_out_region_as_euler(pack, family):
     keep = (mask.expand(start.shape[0], start.shape[1], *mask.shape[2:]) == 0)
     stock = ksampler(family, "euler", latent, steps=6)
     kept_by_euler = stock[keep]
-    results = {name: ksampler(family, name, latent, steps=6) for name in fs_sampler_names(pack)}
+    results = every_fs_sampler(pack, family, latent, steps=6)
     check_all(results, stock)
     scale = float(kept_by_euler.abs().max()) + 1e-6
     drift = {name: float((out[keep] - kept_by_euler).abs().max()) / scale for name, out in results.items()}
@@ -376,11 +404,13 @@ def test_compare_samplers_on_a_schedule_with_repeated_sigmas(pack):
 @pytest.mark.parametrize("key", family_params())
 def test_low_precision_models(pack, key, dtype):
     """Weights in float16/bfloat16 and the layers computing in it (set_inference_dtype without a manual cast, as
-    ComfyUI runs them on GPUs): every fs_ sampler and SAMPLER node runs, with the dtype of euler's output."""
-    family = build_family(key, dtype=DTYPES[dtype], compute_in_dtype=True)
+    ComfyUI runs them on GPUs): every fs_ sampler and SAMPLER node runs, with the dtype of euler's output. The UNet
+    families keep the float32 compute ComfyUI's loader picks on a CPU (half-precision convolutions run about ten
+    times slower than float32 there); test_families_server runs them computing in bfloat16."""
+    family = build_family(key, dtype=DTYPES[dtype], compute_in_dtype=key not in UNET_FAMILIES)
     latent = {"samples": family.latent(2)}
     stock = ksampler(family, "euler", latent)
-    results = {name: ksampler(family, name, latent) for name in fs_sampler_names(pack)}
+    results = every_fs_sampler(pack, family, latent)
     sigmas = sigmas_of(family, steps=4)
     results |= {label: custom(family, execute(node, **inputs)[0], sigmas, latent)
                 for label, (node, inputs) in sampler_node_variants(pack).items()}
