@@ -383,11 +383,20 @@ def _storage_bytes(tensors, seen) -> tuple[int, int]:
     return total, count
 
 
-BUFFER_FIELDS = ("_rows",)  # the recorder's latent-sized working memory (None after finish); _sigma_grid is O(steps)
+# the recorder's latent-sized working memory: its block (small latents) or the state it carries between hooks (None
+# after finish); _sigma_grid is O(steps)
+BUFFER_FIELDS = ("_rows", "_carried")
 
 
 def _buffer_tensors(recorder) -> list:
-    return [getattr(recorder, f).all for f in BUFFER_FIELDS if getattr(recorder, f, None) is not None]
+    """The block's tensor, or the latent copies the recorder carries between hooks (its references to the sampler's
+    own tensors are not its memory)."""
+    held = []
+    for field in BUFFER_FIELDS:
+        value = getattr(recorder, field, None)
+        if value is not None:
+            held += [value.all] if field == "_rows" else [t for t in (value.point, value.segment) if t is not None]
+    return held
 
 
 def recorder_memory(work: Workload, name: str, step_counts, log):
@@ -683,9 +692,9 @@ def render(args, info, per_call_results, recording, hooks, memory, peaks, loop, 
     out.append("Bytes the recorder holds at the end of a recording, counted per unique tensor storage (the host "
                "object overhead of each retained small tensor is not included here, see allocated Δ; their count is "
                "given): *buffers* are its latent-sized working tensors still held after `finish`, *working* those held "
-               "while sampling (one tensor of 4F + 8 latents in the accumulation dtype, F = 16 calls per batched block "
-               "for small latents, fewer within 32 MiB for larger ones, at least 1; allocated at the first model call, "
-               "released by `finish`), *series* the per-call/per-step scalar lists; *Trajectory* "
+               "while sampling (small latents: one tensor of 4F + 8 latents in the accumulation dtype, F ≤ 16 calls per "
+               "batched block within 1 MiB, allocated at the first model call; larger latents: copies of the previous "
+               "step's point and segment; released by `finish`), *series* the per-call/per-step scalar lists; *Trajectory* "
                "is the finished host record. *Allocated Δ*: bytes still allocated (glibc `mallinfo2`, exact) after "
                "the recording than before it, with the recorder and its Trajectory alive — everything the recording "
                "keeps, tensors and Python objects. RSS Δ is the process resident-set growth across the recording, "

@@ -16,7 +16,7 @@ once (:func:`~.common.half_combination`).
 """
 from __future__ import annotations
 
-from .common import (ModelDerivative, SigmaSteps, half_combination, is_half, progress_range, report,
+from .common import (Evaluation, ModelDerivative, SigmaSteps, half_combination, is_half, progress_range, report,
                      validate_data_end_sigma, validate_latent)
 from .runge_kutta import end_tableau, rk_step
 from .tableaux import EULER, HEUN, RK4
@@ -63,6 +63,18 @@ def adams_bashforth_weights(past_sigmas, sigma_next) -> list[float]:
     return interpolation_weights(nodes, polynomial_moments(sigma_next - base, len(nodes)))
 
 
+def _adams_update(x, weights, history):
+    """``x + Σ_j β_j d_{n−j}`` (``history`` newest first). A function of its own, so that its temporaries are
+    released before the next model call."""
+    if is_half(x):
+        return half_combination(x, 1.0, zip(weights, history))
+    increment = None
+    for weight, d in zip(weights, history):
+        term = d * weight
+        increment = term if increment is None else increment + term
+    return x + increment
+
+
 def sample_adams_bashforth(model, x, sigmas, extra_args=None, callback=None, disable=None, order=2,
                            data_end_sigma=None, warm_start="runge_kutta"):
     """Variable-step Adams–Bashforth of ``order`` 2, 3 or 4 (Bashforth & Adams 1883; Hairer et al. I §III.5).
@@ -88,10 +100,11 @@ def sample_adams_bashforth(model, x, sigmas, extra_args=None, callback=None, dis
     history = []  # derivatives d_n, d_{n-1}, … (newest first)
     for i in progress_range(len(grid) - 1, disable=disable):
         sigma, sigma_next = grid[i], grid[i + 1]
+        del history[order - 1:]  # the update needs the new derivative and order − 1 past ones (peak memory)
         evaluation = derivative(x, sigma)
         report(callback, x, i, sigmas[i], evaluation.denoised)
+        evaluation = Evaluation(evaluation.derivative, None)  # D is reported; the updates need only d
         history.insert(0, evaluation.derivative)
-        del history[order:]
         steps_back = min(order, i + 1) if warm_start == "lower_order" else order
         # the denoised end of VE/EPS models; the Adams step itself never evaluates at σ = 0
         denoise_end = sigma_next == 0 and derivative.requested_data_end_sigma is None
@@ -102,15 +115,8 @@ def sample_adams_bashforth(model, x, sigmas, extra_args=None, callback=None, dis
                 stepper = end_tableau(derivative, warm_tableau) if sigma_next == 0 else warm_tableau
             x = rk_step(derivative, x, sigma, sigma_next, stepper, first_derivative=evaluation).x
         else:
-            weights = adams_bashforth_weights(grid[i - steps_back + 1:i + 1][::-1], sigma_next)
-            if is_half(x):
-                x = half_combination(x, 1.0, zip(weights, history))
-                continue
-            increment = None
-            for weight, d in zip(weights, history):
-                term = d * weight
-                increment = term if increment is None else increment + term
-            x = x + increment
+            x = _adams_update(x, adams_bashforth_weights(grid[i - steps_back + 1:i + 1][::-1], sigma_next), history)
+        del evaluation
     return steps.finish(x)
 
 

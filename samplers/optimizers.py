@@ -149,6 +149,7 @@ def sample_nesterov(model, x, sigmas, extra_args=None, callback=None, disable=No
     for i in progress_range(len(grid) - 1, disable=disable):
         sigma, sigma_next = grid[i], grid[i + 1]
         h = sigma_next - sigma
+        first = None
         if previous_x is None:
             first = derivative(x, sigma)
             report(callback, x, i, sigmas[i], first.denoised)
@@ -161,14 +162,19 @@ def sample_nesterov(model, x, sigmas, extra_args=None, callback=None, disable=No
         if c == 0.0:
             evaluation = first if previous_x is None else derivative(x, sigma)
         else:
+            first = None  # its d is in the look-ahead point: not held through the next model call (peak memory)
             evaluation = derivative(lookahead_x, sigma + c * h)
         if previous_x is not None:
             report(callback, x, i, sigmas[i], evaluation.denoised)
+        d = evaluation.derivative
+        first = evaluation = None  # D is reported; the update needs only d
         previous_x = x
         if variant == "nag":
-            x = _step(lookahead_x, [((1.0 - c) * h, evaluation.derivative)])
+            x = _step(lookahead_x, [((1.0 - c) * h, d)])
         else:
-            x = _step(x, [(h, evaluation.derivative)])
+            x = _step(x, [(h, d)])
+        # through the next model call the loop holds x, the previous x and the new look-ahead point only
+        lookahead_x = d = None
     return steps.finish(x)
 
 
@@ -232,6 +238,30 @@ def _per_sample(values, like: torch.Tensor) -> torch.Tensor:
     return append_dims(values, like.ndim)
 
 
+def _secant_update(x, d, previous, h, step_ratio, variant, limit, tiny, coefficients):
+    """x_{k+1} of :func:`sample_secant` from ``x = x_k``, ``d = d_k``, ``previous = (x_{k−1}, d_{k−1})``,
+    ``step_ratio = h_k²/h_{k−1}``. A function of its own, so that Δx, Δd and the other latent-sized temporaries
+    are released before the next model call."""
+    previous_x, previous_d = previous
+    half = is_half(x)
+    if half:  # differences and dots in float32: the states' difference cancels
+        dx, dd = x.float() - previous_x.float(), d.float() - previous_d.float()
+    else:
+        dx, dd = x - previous_x, d - previous_d
+    flat_dx = dx.reshape(dx.shape[0], -1)
+    numerator = torch.linalg.vecdot(dd.reshape(dd.shape[0], -1), flat_dx)
+    denominator = torch.linalg.vecdot(flat_dx, flat_dx)
+    step, correction, negative_curvature = coefficients(numerator, denominator, h, step_ratio, limit, tiny)
+    x_next = torch.addcmul(x, d, _per_sample(step, x))
+    if variant == "ab2":
+        # N_k − N_{k−1} = (d_k − d_{k−1}) − λ (x_k − x_{k−1}) with the same clipped λ = z/h
+        nonlinear_change = torch.addcmul(dd, dx, _per_sample(negative_curvature, x))
+        x_next = torch.addcmul(x_next, nonlinear_change, _per_sample(correction, x))
+    if half:  # float32 coefficients promoted the update to float32: one rounding back
+        x_next = x_next.to(x.dtype)
+    return x_next
+
+
 def sample_secant(model, x, sigmas, extra_args=None, callback=None, disable=None, variant="ab2",
                   max_curvature_step=2.0, data_end_sigma=None):
     """Curvature-aware secant ("quasi-Newton") sampler: exponential integrators (Hochbruck & Ostermann 2010,
@@ -255,7 +285,6 @@ def sample_secant(model, x, sigmas, extra_args=None, callback=None, disable=None
     tiny = torch.finfo(torch.float64).tiny
     coefficients = (_secant_coefficients_on_host if x.device.type in HOST_COEFFICIENT_DEVICES
                     else _secant_coefficients)
-    half = is_half(x)
     previous = None
     for i in progress_range(len(grid) - 1, disable=disable):
         sigma, sigma_next = grid[i], grid[i + 1]
@@ -263,26 +292,12 @@ def sample_secant(model, x, sigmas, extra_args=None, callback=None, disable=None
         evaluation = derivative(x, sigma)
         report(callback, x, i, sigmas[i], evaluation.denoised)
         d = evaluation.derivative
+        evaluation = None  # D is reported; the update needs only d (peak memory)
         if previous is None:
             x_next = _step(x, [(h, d)])
         else:
-            previous_x, previous_d = previous
-            if half:  # differences and dots in float32: the states' difference cancels
-                dx, dd = x.float() - previous_x.float(), d.float() - previous_d.float()
-            else:
-                dx, dd = x - previous_x, d - previous_d
-            flat_dx = dx.reshape(dx.shape[0], -1)
-            numerator = torch.linalg.vecdot(dd.reshape(dd.shape[0], -1), flat_dx)
-            denominator = torch.linalg.vecdot(flat_dx, flat_dx)
-            step_ratio = h * h / (sigma - grid[i - 1])
-            step, correction, negative_curvature = coefficients(numerator, denominator, h, step_ratio, limit, tiny)
-            x_next = torch.addcmul(x, d, _per_sample(step, x))
-            if variant == "ab2":
-                # N_k − N_{k−1} = (d_k − d_{k−1}) − λ (x_k − x_{k−1}) with the same clipped λ = z/h
-                nonlinear_change = torch.addcmul(dd, dx, _per_sample(negative_curvature, x))
-                x_next = torch.addcmul(x_next, nonlinear_change, _per_sample(correction, x))
-            if half:  # float32 coefficients promoted the update to float32: one rounding back
-                x_next = x_next.to(x.dtype)
-        previous = (x, d)
-        x = x_next
+            x_next = _secant_update(x, d, previous, h, h * h / (sigma - grid[i - 1]), variant, limit, tiny,
+                                    coefficients)
+        previous = (x, d)  # through the next model call: the new x and these two
+        x, x_next, d = x_next, None, None
     return steps.finish(x)

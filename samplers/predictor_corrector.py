@@ -105,14 +105,21 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
     derivative = ModelDerivative(model, x, sigmas, extra_args, None)
     history_sigmas, history_outputs, history_velocities = [], [], []  # newest first
 
-    def remember(sigma, evaluation):
+    denoise_end = grid[-1] == 0 and data_end_sigma is None
+    velocity_end = grid[-1] == 0 and not denoise_end  # the step to σ = 0 extrapolates the velocities
+    last_step = len(grid) - 2
+
+    def remember(i, sigma, evaluation):
+        """Put step i's evaluation in the histories, which keep the ``order`` newest entries: the predictor uses
+        ``order`` points, the corrector the next evaluation and ``order`` points. Velocities are kept where they are
+        used: as the outputs (``prediction="velocity"``), and for the step to σ = 0 (its ``order`` points)."""
         history_sigmas.insert(0, sigma)
         history_outputs.insert(0, evaluation.denoised if prediction == "data" else evaluation.derivative)
-        history_velocities.insert(0, evaluation.derivative)
+        keep_velocity = prediction == "velocity" or (velocity_end and i > last_step - order)
+        history_velocities.insert(0, evaluation.derivative if keep_velocity else None)
         for history in (history_sigmas, history_outputs, history_velocities):
-            del history[order + 1:]
+            del history[order:]
 
-    denoise_end = grid[-1] == 0 and data_end_sigma is None
     evaluation = derivative(x, grid[0]) if len(grid) > 1 else None
     for i in progress_range(len(grid) - 1, disable=disable):
         sigma, sigma_next = grid[i], grid[i + 1]
@@ -120,7 +127,8 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
         if sigma_next == 0 and denoise_end:
             x = evaluation.denoised.to(x.dtype)  # a float32 D of a half-precision latent: its dtype
             break
-        remember(sigma, evaluation)
+        remember(i, sigma, evaluation)
+        evaluation = None  # what the updates need is in the histories (peak memory: not held through the next call)
         points = min(order, len(history_sigmas))
         outputs = history_velocities if sigma_next == 0 else history_outputs
         decay, weights = multistep_weights(prediction, sigma, sigma_next, history_sigmas[:points])

@@ -31,7 +31,9 @@ from .tableaux import EULER, ButcherTableau, get_tableau
 class RKStep(NamedTuple):
     x: torch.Tensor  # the state at sigma_next
     error: Optional[torch.Tensor]  # h Σ b_error_j k_j for embedded pairs, else None
-    evaluations: list  # Evaluation (derivative, denoised) of every stage, in stage order
+    # Evaluation of every stage, in stage order; only the first (as given or evaluated) and the FSAL last carry
+    # their denoised prediction, the other stages' is None: no update needs it (released before the next call)
+    evaluations: list
     last: Optional[Evaluation]  # FSAL: the evaluation at (x_next, sigma_next), else None
 
 
@@ -61,11 +63,16 @@ def rk_step(derivative_fn: Callable, x: torch.Tensor, sigma: float, sigma_next: 
     evaluation at ``(x, sigma)``) saves one evaluation when known (FSAL, multistep warm start).
     ``step`` overrides ``h = sigma_next − sigma`` (the fixed-step sampler passes Δσ rounded in the σ grid's
     dtype, as k-diffusion does). Coefficients ``h·a_jl`` and ``h·b_j`` are float64 Python scalars.
-    Returns :class:`RKStep` (state, error estimate or None, all stage evaluations, FSAL evaluation).
+    Returns :class:`RKStep` (state, error estimate or None, the stage evaluations, FSAL evaluation).
+    Memory: the update, the stage states and the error estimate are linear combinations of the stage derivatives
+    k_j only, so a stage's denoised prediction is dropped as soon as its evaluation returns (the first stage's and
+    the FSAL last stage's are kept: they are the evaluations at the step's two ends, which the caller reports);
+    during stage j's model call the step holds x, k_1 … k_{j−1} and the stage state.
     """
     h = (sigma_next - sigma) if step is None else step
     evaluations: list[Evaluation] = []
     state = x  # only the last stage's state is needed (FSAL); earlier ones are freed as the step proceeds
+    last_stage = tableau.stages - 1
     for j in range(tableau.stages):
         if j == 0:
             state = x
@@ -75,7 +82,11 @@ def rk_step(derivative_fn: Callable, x: torch.Tensor, sigma: float, sigma_next: 
             c = tableau.c[j]
             stage_sigma = sigma_next if c == 1.0 else sigma + c * h
             evaluation = derivative_fn(state, stage_sigma)
-        evaluations.append(evaluation)
+        if j == 0 or (tableau.fsal and j == last_stage):
+            evaluations.append(evaluation)
+        else:  # the stage's D: no stage state, update or error estimate needs it, so it is not kept
+            evaluations.append(Evaluation(evaluation.derivative, None))
+        del evaluation  # no reference to this stage's D survives into the next stage's model call
     if tableau.fsal:
         x_next, last = state, evaluations[-1]
     else:
@@ -113,6 +124,7 @@ def integrate_fixed(derivative: ModelDerivative, x: torch.Tensor, grid: list, ta
             first = derivative(x, sigma)
         if on_step is not None:
             on_step(i, x, first)
+        first = Evaluation(first.derivative, None)  # D is reported; the RK update needs only d (peak memory)
         stepper = end_tableau(derivative, tableau) if sigma_next == 0 else tableau
         result = rk_step(derivative, x, sigma, sigma_next, stepper, first_derivative=first,
                          step=None if steps is None else steps[i])

@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from .common import (ModelDerivative, SigmaSteps, append_dims, batch_norm, check_choice, check_range,
+from .common import (Evaluation, ModelDerivative, SigmaSteps, append_dims, batch_norm, check_choice, check_range,
                      half_combination, is_half, progress_range, report, resolve_noise_sampler, validate_data_end_sigma,
                      validate_latent)
 from .runge_kutta import end_tableau, rk_step
@@ -101,6 +101,24 @@ def sample_flow_sde(model, x, sigmas, extra_args=None, callback=None, disable=No
                             s_noise, data_end_sigma, "fs_flow_sde")
 
 
+def _langevin_correction(x, denoised, sigma, a, z, snr, step_norm, tiny):
+    """One Langevin corrector step of :func:`sample_langevin_pc` at ``sigma`` with the noise draw ``z``:
+    ``x + εg + √(2ε)z``, ``g = −(x − aD)/σ²``, ``ε = 2(r‖z‖/‖g‖)²``. A function of its own, so that the score, the
+    noise draw and the other latent-sized temporaries are released before the next model call."""
+    half = is_half(x)
+    if half:
+        score = half_combination(x, -1.0 / (sigma * sigma), [(a / (sigma * sigma), denoised)], dtype=torch.float32)
+    else:
+        score = (x - denoised * a) * (-1.0 / (sigma * sigma))
+    noise_norm, score_norm = batch_norm(z), batch_norm(score)
+    if step_norm == "batch":
+        noise_norm, score_norm = noise_norm.mean(), score_norm.mean()
+    epsilon = 2.0 * (snr * noise_norm / score_norm.clamp_min(tiny)) ** 2
+    epsilon = append_dims(epsilon, x.ndim)
+    update = x + epsilon * score + torch.sqrt(2.0 * epsilon) * z  # float32 for a half-precision x
+    return update.to(x.dtype) if half else update
+
+
 def sample_langevin_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, predictor="euler",
                        corrector_steps=1, snr=0.16, flow_model=True, data_end_sigma=None, noise_sampler=None,
                        step_norm="per_sample"):
@@ -133,30 +151,21 @@ def sample_langevin_pc(model, x, sigmas, extra_args=None, callback=None, disable
     check_choice(step_norm, ("per_sample", "batch"), who, "step_norm")
     derivative = ModelDerivative(model, x, sigmas, extra_args, data_end_sigma)
     noise = resolve_noise_sampler(x, extra_args, noise_sampler)
-    half = is_half(x)
-    tiny = torch.finfo(torch.float32 if half else x.dtype).tiny
+    tiny = torch.finfo(torch.float32 if is_half(x) else x.dtype).tiny
     for i in progress_range(len(grid) - 1, disable=disable):
         sigma, sigma_next = grid[i], grid[i + 1]
         first = derivative(x, sigma)
         report(callback, x, i, sigmas[i], first.denoised)
+        first = Evaluation(first.derivative, None)  # D is reported; the predictor needs only d (peak memory)
         stepper = end_tableau(derivative, tableau) if sigma_next == 0 else tableau
         x = rk_step(derivative, x, sigma, sigma_next, stepper, first_derivative=first).x
+        first = None  # through the corrector's model calls the loop holds x only
         if sigma_next == 0:
             continue
         a_next = max(0.0, 1.0 - sigma_next) if flow_model else 1.0
         for _ in range(corrector_steps):
             denoised, _ = derivative.denoise(x, sigma_next)
-            if half:
-                score = half_combination(x, -1.0 / (sigma_next * sigma_next),
-                                         [(a_next / (sigma_next * sigma_next), denoised)], dtype=torch.float32)
-            else:
-                score = (x - denoised * a_next) * (-1.0 / (sigma_next * sigma_next))
-            z = noise(sigmas[i], sigmas[i + 1])
-            noise_norm, score_norm = batch_norm(z), batch_norm(score)
-            if step_norm == "batch":
-                noise_norm, score_norm = noise_norm.mean(), score_norm.mean()
-            epsilon = 2.0 * (snr * noise_norm / score_norm.clamp_min(tiny)) ** 2
-            epsilon = append_dims(epsilon, x.ndim)
-            update = x + epsilon * score + torch.sqrt(2.0 * epsilon) * z  # float32 for a half-precision x
-            x = update.to(x.dtype) if half else update
+            x = _langevin_correction(x, denoised, sigma_next, a_next, noise(sigmas[i], sigmas[i + 1]), snr, step_norm,
+                                     tiny)
+            denoised = None
     return steps.finish(x)

@@ -3,12 +3,20 @@
 A :class:`TrajectoryRecorder` is fed by two hooks that exist for *every* ComfyUI sampler: each model call
 (x, σ, denoised) and each step callback (i, x, denoised). It never changes a tensor it is given, so sampling
 with and without recording is bit-identical. By default it keeps only per-call / per-step scalars, as
-device tensors; while sampling it also holds a block of latents of working memory in one tensor, allocated at
-the first call (4F + 8 latents for blocks of F = 16 calls, F smaller where that would pass 32 MiB, at least 1;
-half precision is held in float32): the hooks only copy the model's inputs and outputs into it, and every F
-calls or steps one batched pass reduces the block to norms and dots. The scalars are copied to the host once, in
-:meth:`finish`, which releases the working memory: a finished recording holds O(steps) numbers, nothing
-latent-sized (unless latents are recorded).
+device tensors (no host sync while sampling), and some latent-sized working memory while sampling, in one of two
+ways chosen at the first call by the latent's size:
+
+- small latents (a block fits :data:`DEFERRED_BUDGET_BYTES` = 1 MiB): one tensor of 4F + 8 latents for blocks of
+  F ≤ 16 calls (half precision held in float32); the hooks only copy the model's inputs and outputs into it, and
+  every F calls or steps one batched pass reduces the block to norms and dots (few dispatched operations per step);
+- larger latents: every call and step is reduced in its hook, keeping between hooks only what the next one needs
+  (:class:`_Carried`): copies of the previous step's point and of the previous segment (2 latents), and references
+  to the first step's x, the previous step's D and the latest call's D, which ComfyUI's samplers hold anyway
+  (k-diffusion's loops keep their latest D through the next model call; ComfyUI keeps the initial latent), else
+  one latent each.
+
+The scalars are copied to the host once, in :meth:`finish`, which releases the working memory: a finished recording
+holds O(steps) numbers, nothing latent-sized (unless latents are recorded).
 
 Common parameterization (MISSION.md): flow models are recorded as they are (``t = σ``); VE models
 (EPS/V/EDM in ComfyUI's sampler space, ``x = x0 + σ_ve ε``) are converted to flow time
@@ -181,7 +189,7 @@ def straightness(trajectory: Trajectory) -> dict:
     }
 
 
-DEFERRED_BUDGET_BYTES = 32 * 2**20  # working memory a recording may take to batch its work (at least 12 latents)
+DEFERRED_BUDGET_BYTES = 2**20  # the batched block's whole working tensor; latents it cannot hold are reduced at once
 MAX_BLOCK = 16  # model calls / steps whose quantities are reduced together
 
 
@@ -214,16 +222,21 @@ class _Rows:
     after row 0 (the previous block's last); ``points`` [F + 3] the block's step points after rows 0–1 (the
     previous block's last two), room for the final point.
 
-    F (the block) is :data:`MAX_BLOCK` for small latents, fewer where the tensor would pass
-    :data:`DEFERRED_BUDGET_BYTES`, at least 1. On small latents batching replaces ~10 dispatched operations per
-    step by ~2; on large ones every operation is bandwidth-bound, and a block reads and writes each latent as
-    often as unbatched work would, plus four row copies per block for what the next block needs.
+    F (the block, :meth:`block_for`) is :data:`MAX_BLOCK` for small latents, fewer where the tensor would pass
+    :data:`DEFERRED_BUDGET_BYTES`; a latent for which not even F = 1 fits is not batched (the recorder reduces it at
+    once, :class:`_Carried`). Batching pays on small latents, where it replaces ~10 dispatched operations per step
+    by ~2; on large ones every operation is bandwidth-bound and a block would only cost memory.
     """
 
-    def __init__(self, like: torch.Tensor):
+    @staticmethod
+    def block_for(like: torch.Tensor) -> int:
+        """F for a flattened latent like ``like`` within :data:`DEFERRED_BUDGET_BYTES`; 0 when no block fits."""
+        latent_bytes = max(1, like.numel() * torch.finfo(accumulation_dtype(like)).bits // 8)
+        return int(max(0, min(MAX_BLOCK, (DEFERRED_BUDGET_BYTES // latent_bytes - 8) // 4)))
+
+    def __init__(self, like: torch.Tensor, block: int):
         dtype = accumulation_dtype(like)
-        latent_bytes = max(1, like.numel() * torch.finfo(dtype).bits // 8)
-        self.block = f = int(min(MAX_BLOCK, max(1, (DEFERRED_BUDGET_BYTES // latent_bytes - 8) // 4)))
+        self.block = f = block
         self.all = torch.empty((4 * f + 8,) + tuple(like.shape), dtype=dtype, device=like.device)
         self.start = self.all[0]
         self.denoised = self.all[1:f + 2]
@@ -232,6 +245,39 @@ class _Rows:
         self.points = self.all[3 * f + 5:4 * f + 8]
         self.denoised_rows, self.x_rows = self.denoised.unbind(0), self.x.unbind(0)
         self.velocity_rows, self.point_rows = self.velocity.unbind(0), self.points.unbind(0)
+
+
+def _held(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when it owns its whole storage (a reference then keeps nothing else alive), else a copy."""
+    if t.untyped_storage().nbytes() == t.numel() * t.element_size():
+        return t
+    return t.clone()
+
+
+class _Carried:
+    """What the recorder keeps between hooks when it reduces every call and step at once (latents too large for a
+    block, :meth:`_Rows.block_for`): the minimum the statistics need from one hook to the next, two latent copies
+    and three references.
+
+    Copies (in the accumulation dtype): ``point`` the previous step's point x_flow (for the next segment and the
+    previous step velocity), ``segment`` the previous segment x_flow_{i−1} − x_flow_i (for the turning dot).
+    References to tensors the recorder was given (:func:`_held`: a copy only where the tensor shares a larger
+    storage): ``start`` the first step's x, with ``start_sigma`` (for the chord); ``step_denoised`` the D reported
+    with the previous point, with its ``step_t`` (the previous step velocity (x_flow − D)/t is recomputed from
+    ``point`` and it, the same operations as when it was first computed); ``denoised`` the latest call's D (for the
+    drift). The references cost no memory while ComfyUI or the sampler holds them too — ComfyUI keeps the initial
+    latent for the whole run, k-diffusion samplers keep their latest D through the next model call — and one latent
+    each otherwise. (A sampler that changed a reported x or D in place afterwards would change what they read; the
+    samplers of ComfyUI and of this pack make new tensors. The points, which a sampler is likelier to update in
+    place, are copies.)
+    """
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+        self.start = self.start_sigma = None
+        self.point = self.segment = None
+        self.step_denoised = self.step_t = None
+        self.denoised = None
 
 
 class TrajectoryRecorder:
@@ -245,7 +291,8 @@ class TrajectoryRecorder:
     call, as k-diffusion samplers do right after a step's first call), its change, the displacement and the
     dot of consecutive displacements — keeping raw norms and dots as [k, B] device tensors (no host sync).
     Divisions by √d, by Δt and between norms happen once, vectorized, in :meth:`finish`, which also releases
-    the working tensor.
+    the working tensor. A latent whose block would not fit :data:`DEFERRED_BUDGET_BYTES` is reduced in the hooks
+    themselves, with the same element-wise operations, keeping only :class:`_Carried` between them.
 
     ``parts`` (from :func:`latent_parts`): (name, elements per sample) of each part of a multi-part latent, in
     packing order; every norm and dot is then also taken over each part's slice of the flattened latent (one
@@ -281,7 +328,8 @@ class TrajectoryRecorder:
         # recent calls: (id, data_ptr) of the denoised output, σ, call index, (id, data_ptr) of x, block, row
         self._recent_calls = deque(maxlen=8)
         self.current_step = 0
-        self._rows: _Rows | None = None
+        self._rows: _Rows | None = None  # the batched block (small latents), or
+        self._carried: _Carried | None = None  # the state between hooks when every call and step is reduced at once
         self._dim = self._batch = None
         self._sigma_grid = None
         self._block = 0  # counts flushes: a call's rows belong to the block it was written in
@@ -294,15 +342,21 @@ class TrajectoryRecorder:
     def _t(self, sigma: torch.Tensor) -> torch.Tensor:
         return sigma if self.flow else sigma / (1 + sigma)
 
-    def _buffers(self, flat: torch.Tensor) -> _Rows:
-        if self._rows is None:
+    def _buffers(self, flat: torch.Tensor) -> _Rows | None:
+        """The block (None when the latent is reduced at once: then :attr:`_carried` is set), made at the first
+        hook."""
+        if self._rows is None and self._carried is None:
             if self._part_bounds and self._part_bounds[-1][1] != flat.shape[1]:
                 raise ValueError(
                     f"TrajectoryRecorder '{self.label}': the latent's parts ({', '.join(n for n, _ in self.parts)}) "
                     f"hold {self._part_bounds[-1][1]} elements per sample, but the sampler's latent has "
                     f"{flat.shape[1]}")
             self._batch, self._dim = flat.shape
-            self._rows = _Rows(flat)
+            block = _Rows.block_for(flat)
+            if block:
+                self._rows = _Rows(flat, block)
+            else:
+                self._carried = _Carried(accumulation_dtype(flat))
         return self._rows
 
     def _keep(self, kind: str, rows: torch.Tensor, other: torch.Tensor | None = None) -> None:
@@ -324,12 +378,20 @@ class TrajectoryRecorder:
     def on_model_call(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
         flat, flat_denoised = flatten_batch(x), flatten_batch(denoised)
         rows = self._buffers(flat)
-        if self._pending_calls == rows.block:
-            self._flush()
         if sigma.dim() != 1:
             sigma = sigma.reshape(-1)
-        if sigma.dtype != rows.all.dtype or sigma.device != rows.all.device:
-            sigma = sigma.to(device=rows.all.device, dtype=rows.all.dtype)
+        dtype = rows.all.dtype if rows is not None else self._carried.dtype
+        if sigma.dtype != dtype or sigma.device != flat.device:
+            sigma = sigma.to(device=flat.device, dtype=dtype)
+        if rows is None:
+            self._call_now(sigma, flat, flat_denoised)
+            self.calls_sigma.append(sigma)
+            self.calls_step.append(self.current_step)
+            self._recent_calls.append(((id(denoised), denoised.data_ptr()), sigma, len(self.calls_step) - 1,
+                                       (id(x), x.data_ptr()), 0, 0))
+            return
+        if self._pending_calls == rows.block:
+            self._flush()
         row = self._pending_calls
         rows.x_rows[row].copy_(flat)  # x as given; x_flow − D at the flush
         rows.denoised_rows[row + 1].copy_(flat_denoised)
@@ -358,6 +420,12 @@ class TrajectoryRecorder:
         sigma = call[0] if call is not None else self._grid(x)[i:i + 1]
         flat = flatten_batch(x)
         rows = self._buffers(flat)
+        if rows is None:
+            self._step_now(sigma, flat, flatten_batch(denoised))
+            self.point_sigma.append(sigma[0])
+            self._keep_latent(sigma, flat)
+            self.current_step = i
+            return
         if len(self._pending_steps) == rows.block:
             self._flush()
         step = len(self._pending_steps)
@@ -367,8 +435,8 @@ class TrajectoryRecorder:
         else:
             source = None
             velocity = rows.velocity_rows[1 + step]
-            if self.flow:
-                torch.sub(flat, flatten_batch(denoised), out=velocity)
+            if self.flow:  # in the accumulation dtype, as a call's row
+                velocity.copy_(flat).sub_(flatten_batch(denoised))
             else:
                 torch.div(flat, (1 + sigma).reshape(-1, 1), out=velocity).sub_(flatten_batch(denoised))
         self._pending_steps.append((sigma, source))
@@ -382,6 +450,64 @@ class TrajectoryRecorder:
             if not self.flow:
                 point.div_((1 + sigma).reshape(-1, 1))
             self.latents.append((self._t(sigma.reshape(-1)[0]), point))
+
+    # -- reduced at once (latents too large for a block) ----------------------------------------------
+    def _flow_point(self, flat: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x_flow of ``flat`` at ``sigma`` ([1] or [B]) as a new tensor in the accumulation dtype."""
+        if self.flow:
+            return flat.to(self._carried.dtype, copy=True)
+        return torch.div(flat, (1 + sigma).reshape(-1, 1))  # σ is in the accumulation dtype: so is the quotient
+
+    def _call_now(self, sigma: torch.Tensor, flat: torch.Tensor, flat_denoised: torch.Tensor) -> None:
+        """A model call's ‖x_flow − D‖ and ‖D − D_prev‖ (the block's operations on one row)."""
+        carried = self._carried
+        dtype = carried.dtype
+        difference = (torch.sub(flat.to(dtype), flat_denoised) if self.flow
+                      else torch.div(flat, (1 + sigma).reshape(-1, 1)).sub_(flat_denoised))
+        self._keep("call", difference[None])
+        if carried.denoised is not None:
+            difference = torch.sub(flat_denoised.to(dtype), carried.denoised)
+            self._keep("drift", difference[None])
+        del difference
+        carried.denoised = _held(flat_denoised)
+
+    def _step_now(self, sigma: torch.Tensor, flat: torch.Tensor, flat_denoised: torch.Tensor) -> None:
+        """A step's ‖v‖, ‖v_prev − v‖ and the segment from the previous point (the block's operations on one row);
+        keeps what :class:`_Carried` lists."""
+        carried = self._carried
+        point = self._flow_point(flat, sigma)
+        t = self._t(sigma).reshape(-1, 1)
+        velocity = torch.sub(point, flat_denoised).div_(t)
+        self._keep("velocity", velocity[None])
+        if carried.step_denoised is not None:  # v_prev − v, v_prev recomputed from the previous point and D
+            change = torch.sub(carried.point, carried.step_denoised).div_(carried.step_t).sub_(velocity)
+            self._keep("change", change[None])
+            del change
+        del velocity
+        carried.step_denoised, carried.step_t = _held(flat_denoised), t
+        if carried.start is None:
+            carried.start, carried.start_sigma = _held(flat), sigma
+        self._advance(point)
+
+    def _advance(self, point: torch.Tensor) -> None:
+        """The segment from the previous point to ``point`` (norm, and its dot with the previous segment)."""
+        carried = self._carried
+        if carried.point is not None:
+            segment = torch.sub(carried.point, point)
+            self._keep("segment", segment[None])
+            if carried.segment is not None:
+                self._keep("dots", carried.segment[None], segment[None])
+            carried.segment = segment
+        carried.point = point
+
+    def _carried_chord(self):
+        """x_flow at the first step − the latest point, or None before the first step."""
+        carried = self._carried
+        if carried is None or carried.point is None:
+            return None
+        start = self._flow_point(carried.start, carried.start_sigma) if not self.flow else carried.start.to(
+            carried.dtype)
+        return start - carried.point
 
     # -- the batched work ---------------------------------------------------------------------------
     def _flush(self, final_sigma: torch.Tensor | None = None) -> None:
@@ -473,14 +599,21 @@ class TrajectoryRecorder:
                 self.point_sigma.append(final_sigma[0])
                 self._keep_latent(final_sigma, flat)
             self._flush(final_sigma)
+        elif self._carried is not None and self._carried.point is not None and not interrupted:
+            final_sigma = self._grid(x_final)[-1:]
+            flat = flatten_batch(x_final)
+            self.point_sigma.append(final_sigma[0])
+            self._keep_latent(final_sigma, flat)
+            self._advance(self._flow_point(flat, final_sigma))
         batch = self._batch or x_final.shape[0]
         chords = []  # [B] per-dimension squared chord of the whole latent, then [B, parts]
-        if self._carried_points:
-            chord = self._rows.start - self._rows.point_rows[1]
+        chord = self._rows.start - self._rows.point_rows[1] if self._carried_points else self._carried_chord()
+        if chord is not None:
             chords = [chord.pow(2).mean(dim=1)]
             if self._part_bounds:
                 chords.append(torch.stack([chord[:, a:b].pow(2).mean(dim=1) for a, b in self._part_bounds], -1))
-        self._rows = None
+        del chord
+        self._rows = self._carried = None
         dim = self._dim or flatten_batch(x_final).shape[1]
 
         kinds = list(self._series)

@@ -172,22 +172,74 @@ def test_hooks_work_in_one_preallocated_tensor_and_finish_releases_it(mixture, f
     assert all(not latent_sized(value) for value in vars(recorder).values())
 
 
+@pytest.mark.parametrize("flow", [True, False])
+def test_without_a_block_the_hooks_carry_two_latent_copies_and_references_to_given_tensors(mixture, monkeypatch,
+                                                                                          flow):
+    """A latent too large for a block is reduced in the hooks: between them the recorder holds copies of the previous
+    point and segment only (its own latent-sized tensors), and references to tensors the sampler gave it (the first
+    x, the latest step's and call's D); finish releases everything."""
+    monkeypatch.setattr(trajectory_module, "DEFERRED_BUDGET_BYTES", 0)
+    sigmas = torch.linspace(0.9, 0.05, 11, dtype=torch.float64)
+    recorder = TrajectoryRecorder(flow, sigmas)
+    noise = torch.randn(3, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    given = []  # every x and D the sampler handed to the recorder
+
+    def denoise(x, sigma, **_):
+        denoised = mixture.denoised(x, sigma)
+        given.extend([x, denoised])
+        recorder.on_model_call(x, sigma, denoised)
+        return denoised
+
+    def latent_sized(obj):
+        if isinstance(obj, torch.Tensor):
+            return [obj] if obj.dim() >= 2 and obj.shape[-1] == noise.shape[1] else []
+        if isinstance(obj, (list, tuple)) or type(obj).__name__ == "deque":
+            return [t for item in obj for t in latent_sized(item)]
+        return []
+
+    def on_step(info):
+        given.extend([info["x"], info["denoised"]])
+        recorder.on_step(info["i"], info["x"], info["denoised"])
+        carried = recorder._carried
+        assert recorder._rows is None and carried is not None
+        assert all(not latent_sized(value) for name, value in vars(recorder).items() if name != "_carried")
+        own = [t for t in (carried.point, carried.segment) if t is not None]
+        assert len(own) == (1 if info["i"] == 0 else 2)
+        given_storages = {t.untyped_storage().data_ptr() for t in given}
+        assert all(t.untyped_storage().data_ptr() not in given_storages for t in own)  # copies
+        for reference in (carried.start, carried.step_denoised, carried.denoised):
+            assert reference.untyped_storage().data_ptr() in given_storages  # the sampler's own tensors
+        assert latent_sized(list(vars(carried).values())) == [t for t in (
+            carried.start, carried.point, carried.segment, carried.step_denoised, carried.denoised) if t is not None]
+
+    out = sample_rk(denoise, noise, sigmas, method="heun", callback=on_step)
+    trajectory = recorder.finish(out)
+    assert trajectory.steps == 10 and trajectory.nfe == 20
+    assert recorder._carried is None
+    assert all(not latent_sized(value) for value in vars(recorder).values())
+
+
 def test_the_block_shrinks_with_the_latent_to_stay_within_the_working_memory_budget():
     """Small latents are reduced MAX_BLOCK calls at a time; larger ones in smaller blocks so that the working
-    tensor stays within DEFERRED_BUDGET_BYTES, down to one call per block (12 latents)."""
+    tensor stays within DEFERRED_BUDGET_BYTES, down to one call per block (12 latents); a latent whose 12 rows
+    would pass the budget gets no block (it is reduced in the hooks)."""
     budget = trajectory_module.DEFERRED_BUDGET_BYTES
-    for floats, block in [(64, trajectory_module.MAX_BLOCK), (budget // 4 // 20, 3), (budget // 4, 1)]:
-        rows = trajectory_module._Rows(torch.zeros(1, floats))
-        assert rows.block == block
-        assert rows.all.shape == (4 * block + 8, 1, floats)
-        assert block == 1 or rows.all.numel() * 4 <= budget
+    for floats, block in [(64, trajectory_module.MAX_BLOCK), (budget // 4 // 20, 3), (budget // 4 // 12, 1),
+                          (budget // 4 // 12 + 1, 0), (budget // 4, 0)]:
+        like = torch.zeros(1, floats)
+        assert trajectory_module._Rows.block_for(like) == block, floats
+        if block:
+            rows = trajectory_module._Rows(like, block)
+            assert rows.all.shape == (4 * block + 8, 1, floats)
+            assert rows.all.numel() * 4 <= budget
 
 
 @pytest.mark.parametrize("flow", [True, False])
 @pytest.mark.parametrize("method", ["euler", "heun", "rk4", "nesterov", "dopri5"])
 def test_statistics_do_not_depend_on_where_the_blocks_end(mixture, monkeypatch, flow, method):
     """Flushing after every 1, 2 or 3 calls/steps carries the previous D, velocity and two points across block
-    boundaries: every statistic equals the one-block recording (float64, to rounding)."""
+    boundaries, and reducing every call and step in its hook carries what :class:`_Carried` lists: every statistic
+    equals the one-block recording (float64, to rounding)."""
     from samplers.optimizers import sample_nesterov
 
     sigmas = torch.linspace(0.95, 0.0, 12, dtype=torch.float64) if flow else torch.linspace(14.0, 0.0, 12,
@@ -208,7 +260,7 @@ def test_statistics_do_not_depend_on_where_the_blocks_end(mixture, monkeypatch, 
 
     whole = recording(64)
     assert whole.steps >= 4 and len(whole.latents) == whole.steps + 1
-    for block in (1, 2, 3):
+    for block in (0, 1, 2, 3):  # 0: no block, every call and step reduced in its hook
         split = recording(block)
         for name in ("t", "step_velocity_rms", "secant_sq", "segment_length", "turn_cos", "local_error", "chord_sq",
                      "call_t", "call_velocity_rms", "call_x0_drift_rms", "call_step"):
@@ -216,6 +268,39 @@ def test_statistics_do_not_depend_on_where_the_blocks_end(mixture, monkeypatch, 
                                        msg=lambda m: f"{name}, block {block}: {m}")
         for (t_split, latent_split), (t_whole, latent_whole) in zip(split.latents, whole.latents):
             assert t_split == t_whole and torch.equal(latent_split, latent_whole)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("flow", [True, False])
+@pytest.mark.parametrize("method", ["heun", "nesterov"])
+def test_reducing_in_the_hooks_equals_the_block_in_single_and_half_precision(mixture, monkeypatch, dtype, flow,
+                                                                              method):
+    """Single and half precision latents (accumulated in float32): the statistics reduced in the hooks equal the
+    block's to 1e-6 relative (the same element-wise operations; only the norms' summation may group differently)."""
+    from samplers.optimizers import sample_nesterov
+
+    sigmas = torch.linspace(0.95, 0.0, 10) if flow else torch.linspace(14.0, 0.0, 10)
+    noise = (torch.randn(2, 6, generator=torch.Generator().manual_seed(4)) * (1 if flow else 14)).to(dtype)
+
+    def recording(budget):
+        monkeypatch.setattr(trajectory_module, "DEFERRED_BUDGET_BYTES", budget)
+        recorder = TrajectoryRecorder(flow, sigmas)
+        model = lambda x, s: mixture.denoised(x.double(), s if flow else s / (1 + s)).float()  # noqa: E731
+        denoiser = recording_denoiser(recorder, model)
+        callback = lambda info: recorder.on_step(info["i"], info["x"], info["denoised"])  # noqa: E731
+        if method == "nesterov":
+            out = sample_nesterov(denoiser, noise, sigmas, callback=callback)
+        else:
+            out = sample_rk(denoiser, noise, sigmas, method=method, callback=callback,
+                            data_end_sigma=1e-4 if flow else None)
+        assert (recorder._rows is None) == (budget == 0)
+        return recorder.finish(out)
+
+    block, hooks = recording(2**20), recording(0)
+    for name in ("step_velocity_rms", "secant_sq", "segment_length", "turn_cos", "local_error", "chord_sq",
+                 "call_velocity_rms", "call_x0_drift_rms"):
+        torch.testing.assert_close(getattr(hooks, name), getattr(block, name), rtol=1e-6, atol=0,
+                                   msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("method", ["euler", "nesterov"])
