@@ -2,7 +2,7 @@
 (tests/matrix/families.py), in-process through ComfyUI's sampling functions.
 
 Per family: every ``fs_`` dropdown sampler through ``nodes.common_ksampler`` (the KSampler node's code) at CFG 1
-and 2 with batch 2; every SAMPLER node's sampler through ``comfy.sample.sample_custom`` (SamplerCustom); the
+and 2 with batch 2; every SAMPLER node's sampler through SamplerCustomAdvanced's path (``guider.sample``); the
 ``fs_`` schedulers and the Scheduler / Trajectory-Adaptive Scheduler nodes; KSamplerAdvanced-style splits,
 ``denoise`` 0.5 from a non-empty latent and an inpainting noise mask; the recorder and every diagnostic node; the
 Fitted Solver and the Optimized Schedule with a 2-latent pilot; a σ grid with repeated values. Stock ``euler``
