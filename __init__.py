@@ -8,8 +8,10 @@ WEB_DIRECTORY = "./web"
 
 
 async def comfy_entrypoint():
+    from .diagnostics.charts import warn_if_matplotlib_missing
     from .nodes import comfy_entrypoint as entrypoint
 
+    warn_if_matplotlib_missing()  # once per start-up: the chart nodes need it (requirements.txt)
     return await entrypoint()
 
 

@@ -7,7 +7,11 @@ sent as null and skipped by both renderers.
 """
 from __future__ import annotations
 
+import importlib.util
+import logging
 import math
+import pathlib
+import sys
 
 import numpy as np
 import torch
@@ -42,10 +46,51 @@ def finite_points(payload: dict) -> int:
     return sum(1 for s in payload["series"] for x, y in zip(s["x"], s["y"]) if x is not None and y is not None)
 
 
-def render(payload: dict, width: int = 800, height: int = 500) -> torch.Tensor:
-    """Draw a payload with matplotlib (Agg) → ComfyUI IMAGE [1, H, W, 3] in [0, 1]."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+REQUIREMENTS = pathlib.Path(__file__).resolve().parents[1] / "requirements.txt"
+
+
+def install_command() -> str:
+    """The command that installs the pack's requirements into the Python that is running now (ComfyUI's own:
+    a venv's python, or ``python_embeded\\python.exe`` of the Windows portable build)."""
+    return f'"{sys.executable}" -m pip install -r "{REQUIREMENTS}"'
+
+
+def matplotlib_missing_message() -> str | None:
+    """None when matplotlib can be found on this Python's path, else the start-up warning (with the command that
+    fixes it). Uses ``importlib.util.find_spec``, so nothing is imported at ComfyUI's start-up."""
+    if importlib.util.find_spec("matplotlib") is not None:
+        return None
+    return ("[FlowScope] matplotlib is not installed in the Python that runs ComfyUI; the diagnostic nodes' "
+            "chart images (Velocity Norm Plot, Straightness Meter, Step Error Meter, Compare Samplers) will fail "
+            f"until it is. Install the pack's requirements and restart ComfyUI: {install_command()}")
+
+
+def warn_if_matplotlib_missing(logger: logging.Logger | None = None) -> bool:
+    """Log :func:`matplotlib_missing_message` once as a warning; True when matplotlib is missing."""
+    message = matplotlib_missing_message()
+    if message is not None:
+        (logger or logging.getLogger(__name__)).warning(message)
+    return message is not None
+
+
+def require_matplotlib(node: str = "FlowScope chart"):
+    """Import matplotlib's Agg canvas and Figure, or raise ModuleNotFoundError naming ``node``, the Python that
+    lacks it and the command that installs it (instead of a bare ``No module named 'matplotlib'``)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ModuleNotFoundError(
+            f"{node}: drawing the chart image needs matplotlib, which the Python running ComfyUI "
+            f"({sys.executable}) cannot import ({error}). Install the pack's requirements with that Python, then "
+            f"restart ComfyUI: {install_command()}", name="matplotlib") from error
+    return FigureCanvasAgg, Figure
+
+
+def render(payload: dict, width: int = 800, height: int = 500, node: str = "FlowScope chart") -> torch.Tensor:
+    """Draw a payload with matplotlib (Agg) → ComfyUI IMAGE [1, H, W, 3] in [0, 1]. ``node`` names the caller in
+    the error raised when matplotlib is missing (:func:`require_matplotlib`)."""
+    FigureCanvasAgg, Figure = require_matplotlib(node)
 
     figure = Figure(figsize=(width / 100, height / 100), dpi=100)
     FigureCanvasAgg(figure)

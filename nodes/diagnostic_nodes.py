@@ -197,7 +197,7 @@ class VelocityNormPlot(io.ComfyNode):
         payload = charts.chart("Velocity norm along the trajectory", T_LABEL, "‖v‖ / √d", series_list,
                                y_log=log_y, x_reversed=True, parameterization=_parameterization(found),
                                notes=notes + _status_notes(found))
-        return io.NodeOutput(charts.render(payload), ui=_ui(payload))
+        return io.NodeOutput(charts.render(payload, node=cls.NAME), ui=_ui(payload))
 
 
 class StraightnessMeter(io.ComfyNode):
@@ -242,7 +242,7 @@ class StraightnessMeter(io.ComfyNode):
                                series_list, x_reversed=True, parameterization=_parameterization(found),
                                notes=lines + _status_notes(found))
         first = stats[0]
-        return io.NodeOutput(charts.render(payload), first["straightness"], first["relative_straightness"],
+        return io.NodeOutput(charts.render(payload, node=cls.NAME), first["straightness"], first["relative_straightness"],
                              first["path_over_chord"], first["turning_angle"], first["kinetic_energy"],
                              first["transport_efficiency"], "\n".join(lines), ui=_ui(payload))
 
@@ -283,7 +283,8 @@ class StepErrorMeter(io.ComfyNode):
                                notes=lines + _status_notes(found))
         first_error = found[0].local_error.mean(1)
         mean_error = float(first_error.nanmean()) if first_error.numel() else float("nan")
-        return io.NodeOutput(charts.render(payload), found[0].nfe, mean_error, "\n".join(lines), ui=_ui(payload))
+        return io.NodeOutput(charts.render(payload, node=cls.NAME), found[0].nfe, mean_error, "\n".join(lines),
+                             ui=_ui(payload))
 
 
 def _step_means(trajectory: Trajectory, i: int, prefix: str = "") -> dict:
@@ -410,6 +411,7 @@ class CompareSamplers(io.ComfyNode):
 
     @classmethod
     def execute(cls, noise, guider, latent_image, samplers, steps, scheduler, reference_rtol) -> io.NodeOutput:
+        charts.require_matplotlib(cls.NAME)  # fail before the sampling runs, not after
         import comfy.samplers
 
         from .. import samplers as core
@@ -450,7 +452,8 @@ class CompareSamplers(io.ComfyNode):
                  f"{scheduler}; errors are RMS over latent dimensions"]
         payload = charts.chart("Error vs NFE against a self-reference", "NFE (model calls)", "endpoint RMS error",
                                series_list, x_log=True, y_log=True, notes=notes)
-        return io.NodeOutput(charts.render(payload), "\n".join(table), ui={**_ui(payload), "text": ["\n".join(table)]})
+        return io.NodeOutput(charts.render(payload, node=cls.NAME), "\n".join(table),
+                             ui={**_ui(payload), "text": ["\n".join(table)]})
 
 
 

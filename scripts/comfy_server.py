@@ -44,7 +44,8 @@ class PromptFailed(RuntimeError):
 
 class ComfyServer:
     def __init__(self, base_dir: pathlib.Path | None = None, extra_env: dict | None = None,
-                 extra_args: list[str] | None = None, extra_custom_nodes: dict[str, pathlib.Path] | None = None):
+                 extra_args: list[str] | None = None, extra_custom_nodes: dict[str, pathlib.Path] | None = None,
+                 python: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._own_base = base_dir is None
@@ -54,6 +55,7 @@ class ComfyServer:
         self.extra_env = extra_env or {}
         self.extra_args = extra_args or []
         self.extra_custom_nodes = extra_custom_nodes or {}  # folder name → path, loaded beside the pack
+        self.python = python or sys.executable  # the interpreter that runs ComfyUI's main.py
         self.process: subprocess.Popen | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -64,7 +66,7 @@ class ComfyServer:
             link = self.base_dir / "custom_nodes" / folder
             if not link.exists():
                 link.symlink_to(target, target_is_directory=True)
-        command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        command = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                    "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(self.base_dir),
                    "--database-url", "sqlite:///:memory:", "--disable-all-custom-nodes",
                    "--whitelist-custom-nodes", PACK_FOLDER, *self.extra_custom_nodes, *self.extra_args]
