@@ -7,6 +7,7 @@ MODELs, so built-in and FlowScope samplers are measured by the same code.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib.util
 import os
 import pathlib
@@ -14,6 +15,17 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACK_MODULE = "ComfyUI_FlowScope"
+
+
+def run_coroutine(coroutine):
+    """``asyncio.run`` — in a worker thread when this thread already runs an event loop (e.g. one left by
+    Playwright's sync API in the same test process), where ``asyncio.run`` refuses to start."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
+        return worker.submit(asyncio.run, coroutine).result()
 
 
 def boot(comfy_dir: str | None = None):
@@ -39,7 +51,7 @@ def boot(comfy_dir: str | None = None):
     pack = importlib.util.module_from_spec(spec)
     sys.modules[PACK_MODULE] = pack
     spec.loader.exec_module(pack)
-    asyncio.run(pack.comfy_entrypoint())  # registers the fs_ samplers and schedulers
+    run_coroutine(pack.comfy_entrypoint())  # registers the fs_ samplers and schedulers
     return pack
 
 
