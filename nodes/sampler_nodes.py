@@ -2,6 +2,7 @@
 samplers/ function (so it plugs into SamplerCustom / SamplerCustomAdvanced and the recorder)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -11,6 +12,7 @@ import comfy.samplers
 from .. import samplers as core
 from ..samplers import fitted_solver
 from .comfy_io import io
+from .model_identity import fit_provenance
 from .comfy_sampling import (comfy_sampler_function, find_model_sampling, reference_sigma_min, require_full_schedule,
                              sample_like_custom_advanced, with_guidance_probe)
 
@@ -250,7 +252,7 @@ class FittedSolverSampler(io.ComfyNode):
             sample_like_custom_advanced(guider, planner, sigmas.cpu(), latent_image, noise)
         except ValueError as error:
             raise ValueError(f"{who}: {error}") from error
-        solver = result["solver"]
+        solver = dataclasses.replace(result["solver"], provenance=fit_provenance(guider, latent_image))
         guided = (f", guidance history {solver.guidance_history} (CFG split)" if solver.guidance_history else
                   ", no CFG split (unguided model)" if guidance_history else "")
         report = (f"{len(sigmas) - 1} steps, {prediction} base of order {order}, history {history}{guided}: pilot "

@@ -51,7 +51,8 @@ class FittedSolver:
     (at most ``guidance_history``; 0: none, see :func:`fit_solver`); ``denoise_end`` is the σ = 0 end it was
     fitted with (the "take the denoised" last step of VE/EPS models, or a velocity step for flow models); ``info``
     holds the pilot errors of the fit. ``first_call = (a, t)``: the first model call is made at ``(a·x_0, t·σ_0)``
-    instead of ``(x_0, σ_0)`` (see :func:`_evaluate`; (1, 1) is the plain call).
+    instead of ``(x_0, σ_0)`` (see :func:`_evaluate`; (1, 1) is the plain call). ``provenance``: strings naming
+    the model, guidance and latent shape it was fitted for (written to solver files, :mod:`.solver_file`).
     """
     sigmas: tuple
     prediction: str = "data"
@@ -62,6 +63,7 @@ class FittedSolver:
     info: dict = field(default_factory=dict)
     guidance_history: int = 0
     first_call: tuple = (1.0, 1.0)
+    provenance: dict = field(default_factory=dict)
 
     def check_grid(self, grid, who: str = WHO) -> None:
         same = len(grid) == len(self.sigmas) and all(
