@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from samplers.gaussian_mixture import GaussianMixture
+from models.gaussian_mixture import GaussianMixture
 from samplers import trajectory as trajectory_module
 from samplers.runge_kutta import sample_rk
 from samplers.trajectory import TrajectoryRecorder, flatten_batch, straightness

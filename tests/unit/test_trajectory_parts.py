@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from samplers.gaussian_mixture import GaussianMixture
+from models.gaussian_mixture import GaussianMixture
 from samplers.runge_kutta import sample_rk
 from samplers.trajectory import Trajectory, TrajectoryRecorder, flatten_batch, latent_parts, straightness
 
