@@ -1,5 +1,6 @@
 """Diagnostic nodes: record a sampling trajectory, then plot velocity norms, measure straightness and step
-error, and export the statistics. The numerics live in samplers/trajectory.py; charts in nodes/charts.py."""
+error, and export the statistics. The numerics live in diagnostics/ (recorder.py, trajectory.py, export.py), the
+charts in diagnostics/charts.py; these nodes only connect them to ComfyUI."""
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,10 @@ import folder_paths
 import latent_preview
 import torch
 
-from ..samplers.trajectory import Trajectory, TrajectoryRecorder, flatten_batch, latent_parts, straightness
 from ..diagnostics import charts
+from ..diagnostics.export import trajectory_json, trajectory_rows
+from ..diagnostics.recorder import TrajectoryRecorder
+from ..diagnostics.trajectory import Trajectory, flatten_batch, latent_parts, straightness
 from .comfy_io import TrajectoryType, io
 from .comfy_sampling import comfy_sampler_function, is_flow_model, sample_like_custom_advanced
 
@@ -285,50 +288,6 @@ class StepErrorMeter(io.ComfyNode):
         mean_error = float(first_error.nanmean()) if first_error.numel() else float("nan")
         return io.NodeOutput(charts.render(payload, node=cls.NAME), found[0].nfe, mean_error, "\n".join(lines),
                              ui=_ui(payload))
-
-
-def _step_means(trajectory: Trajectory, i: int, prefix: str = "") -> dict:
-    """Batch means of step ``i``'s statistics (velocity at the step start, secant velocity², segment length,
-    local error), keys prefixed with ``prefix``."""
-    return {
-        prefix + "velocity_rms": float(trajectory.step_velocity_rms[i].mean())
-        if i < len(trajectory.step_velocity_rms) else "",
-        prefix + "secant_velocity_sq": float(trajectory.secant_sq[i].mean()),
-        prefix + "segment_length": float(trajectory.segment_length[i].mean()),
-        prefix + "local_error": float(trajectory.local_error[i].mean()) if i < len(trajectory.local_error) else "",
-    }
-
-
-def trajectory_rows(trajectory: Trajectory) -> list[dict]:
-    """One CSV row per step (batch means); a multi-part latent adds the same columns per part, prefixed
-    ``part{p}_`` (p as in the part's name, listed under ``parts`` in the JSON)."""
-    rows = []
-    for i in range(trajectory.steps):
-        row = {"step": i, "sigma": float(trajectory.sigma[i]), "t": float(trajectory.t[i]),
-               "t_next": float(trajectory.t[i + 1]), **_step_means(trajectory, i),
-               "model_calls": int((trajectory.call_step == i).sum())}
-        for p, part in enumerate(trajectory.parts):
-            row.update(_step_means(part, i, f"part{p}_"))
-        rows.append(row)
-    return rows
-
-
-def trajectory_json(trajectory: Trajectory) -> dict:
-    stats = straightness(trajectory)
-    return {
-        "label": trajectory.label, "parameterization": trajectory.parameterization, "status": trajectory.status,
-        "dim": trajectory.dim, "batch": trajectory.batch, "steps": trajectory.steps, "nfe": trajectory.nfe,
-        "statistics": stats, "sigma": trajectory.sigma.tolist(), "t": trajectory.t.tolist(),
-        "per_step": trajectory_rows(trajectory),
-        "per_call": {"t": trajectory.call_t.tolist(), "velocity_rms": trajectory.call_velocity_rms.tolist(),
-                     "x0_drift_rms": trajectory.call_x0_drift_rms.tolist(), "step": trajectory.call_step.tolist()},
-        # a multi-part latent: each part's per-call series (its path statistics are in statistics["parts"],
-        # its per-step means in the part{p}_ columns of per_step)
-        "parts": [{"name": part.part, "dim": part.dim,
-                   "per_call": {"velocity_rms": part.call_velocity_rms.tolist(),
-                                "x0_drift_rms": part.call_x0_drift_rms.tolist()}} for part in trajectory.parts],
-        "extra": trajectory.extra,
-    }
 
 
 class ExportTrajectory(io.ComfyNode):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diagnostics import charts
-from samplers.trajectory import TrajectoryRecorder
+from diagnostics.recorder import TrajectoryRecorder
 
 
 def test_payload_sends_non_finite_values_as_null_and_counts_finite_points():

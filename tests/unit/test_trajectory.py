@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from models.gaussian_mixture import GaussianMixture
-from samplers import trajectory as trajectory_module
+from diagnostics import recorder as recorder_module
 from samplers.runge_kutta import sample_rk
-from samplers.trajectory import TrajectoryRecorder, flatten_batch, straightness
+from diagnostics.recorder import TrajectoryRecorder
+from diagnostics.trajectory import flatten_batch, straightness
 
 DATA_END = 1e-8
 
@@ -162,7 +163,7 @@ def test_hooks_work_in_one_preallocated_tensor_and_finish_releases_it(mixture, f
     def on_step(info):
         recorder.on_step(info["i"], info["x"], info["denoised"])
         working.add(recorder._rows.all.data_ptr())
-        assert recorder._rows.all.shape == (4 * trajectory_module.MAX_BLOCK + 8, 3, 6)
+        assert recorder._rows.all.shape == (4 * recorder_module.MAX_BLOCK + 8, 3, 6)
         assert all(not latent_sized(value) for name, value in vars(recorder).items() if name != "_rows")
 
     out = sample_rk(denoiser, noise, sigmas, method="heun", callback=on_step)
@@ -178,7 +179,7 @@ def test_without_a_block_the_hooks_carry_two_latent_copies_and_references_to_giv
     """A latent too large for a block is reduced in the hooks: between them the recorder holds copies of the previous
     point and segment only (its own latent-sized tensors), and references to tensors the sampler gave it (the first
     x, the latest step's and call's D); finish releases everything."""
-    monkeypatch.setattr(trajectory_module, "DEFERRED_BUDGET_BYTES", 0)
+    monkeypatch.setattr(recorder_module, "DEFERRED_BUDGET_BYTES", 0)
     sigmas = torch.linspace(0.9, 0.05, 11, dtype=torch.float64)
     recorder = TrajectoryRecorder(flow, sigmas)
     noise = torch.randn(3, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
@@ -223,13 +224,13 @@ def test_the_block_shrinks_with_the_latent_to_stay_within_the_working_memory_bud
     """Small latents are reduced MAX_BLOCK calls at a time; larger ones in smaller blocks so that the working
     tensor stays within DEFERRED_BUDGET_BYTES, down to one call per block (12 latents); a latent whose 12 rows
     would pass the budget gets no block (it is reduced in the hooks)."""
-    budget = trajectory_module.DEFERRED_BUDGET_BYTES
-    for floats, block in [(64, trajectory_module.MAX_BLOCK), (budget // 4 // 20, 3), (budget // 4 // 12, 1),
+    budget = recorder_module.DEFERRED_BUDGET_BYTES
+    for floats, block in [(64, recorder_module.MAX_BLOCK), (budget // 4 // 20, 3), (budget // 4 // 12, 1),
                           (budget // 4 // 12 + 1, 0), (budget // 4, 0)]:
         like = torch.zeros(1, floats)
-        assert trajectory_module._Rows.block_for(like) == block, floats
+        assert recorder_module._Rows.block_for(like) == block, floats
         if block:
-            rows = trajectory_module._Rows(like, block)
+            rows = recorder_module._Rows(like, block)
             assert rows.all.shape == (4 * block + 8, 1, floats)
             assert rows.all.numel() * 4 <= budget
 
@@ -247,7 +248,7 @@ def test_statistics_do_not_depend_on_where_the_blocks_end(mixture, monkeypatch, 
     noise = torch.randn(4, 6, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * (1 if flow else 14)
 
     def recording(block):
-        monkeypatch.setattr(trajectory_module, "MAX_BLOCK", block)
+        monkeypatch.setattr(recorder_module, "MAX_BLOCK", block)
         recorder = TrajectoryRecorder(flow, sigmas, record_latents=True)
         denoiser = recording_denoiser(recorder, lambda x, s: mixture.denoised(x, s if flow else s / (1 + s)))
         callback = lambda info: recorder.on_step(info["i"], info["x"], info["denoised"])  # noqa: E731
@@ -283,7 +284,7 @@ def test_reducing_in_the_hooks_equals_the_block_in_single_and_half_precision(mix
     noise = (torch.randn(2, 6, generator=torch.Generator().manual_seed(4)) * (1 if flow else 14)).to(dtype)
 
     def recording(budget):
-        monkeypatch.setattr(trajectory_module, "DEFERRED_BUDGET_BYTES", budget)
+        monkeypatch.setattr(recorder_module, "DEFERRED_BUDGET_BYTES", budget)
         recorder = TrajectoryRecorder(flow, sigmas)
         model = lambda x, s: mixture.denoised(x.double(), s if flow else s / (1 + s)).float()  # noqa: E731
         denoiser = recording_denoiser(recorder, model)

@@ -12,7 +12,8 @@ import torch
 
 from models.gaussian_mixture import GaussianMixture
 from samplers.runge_kutta import sample_rk
-from samplers.trajectory import Trajectory, TrajectoryRecorder, flatten_batch, latent_parts, straightness
+from diagnostics.recorder import TrajectoryRecorder
+from diagnostics.trajectory import Trajectory, flatten_batch, latent_parts, straightness
 
 BATCH = 3
 STRAIGHT_SHAPE = (BATCH, 2, 1, 2, 2)  # a 5-D "video" part: 8 elements per sample
