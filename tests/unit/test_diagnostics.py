@@ -30,9 +30,21 @@ def test_render_gives_a_comfy_image(y_log):
     assert float(image.std()) > 0.01  # something was drawn
 
 
+def axes_texts(payload):
+    (axes,) = charts.figure(payload, width=200, height=150).axes
+    return [text.get_text() for text in axes.texts], axes.get_legend()
+
+
 def test_render_of_an_all_nan_payload_says_so_instead_of_failing():
-    payload = charts.chart("Empty", "t", "y", [charts.series("a", [1.0], [math.nan])])
-    assert charts.render(payload, width=200, height=150).shape == (1, 150, 200, 3)
+    """No drawable point (NaN, or only non-positive values on a log axis): the chart's axes carry exactly the
+    "no finite data to plot" text and no legend, and the image still renders; with data, no such text."""
+    for payload in (charts.chart("Empty", "t", "y", [charts.series("a", [1.0], [math.nan])]),
+                    charts.chart("Log", "t", "y", [charts.series("a", [1.0, 2.0], [0.0, -1.0])], y_log=True)):
+        texts, legend = axes_texts(payload)
+        assert texts == [charts.NO_DATA_TEXT] == ["no finite data to plot"] and legend is None
+        assert charts.render(payload, width=200, height=150).shape == (1, 150, 200, 3)
+    texts, legend = axes_texts(charts.chart("Data", "t", "y", [charts.series("a", [1.0, 2.0], [1.0, math.nan])]))
+    assert texts == [] and [text.get_text() for text in legend.get_texts()] == ["a"]
 
 
 def _recorded(steps, interrupted=False, poison=False):
