@@ -22,7 +22,8 @@ COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e3
           "#bcbd22"]
 
 
-def _finite_or_none(value):
+def finite_or_none(value):
+    """``float(value)``, or None when it is not finite (JSON has no NaN or infinity)."""
     value = float(value)
     return value if math.isfinite(value) else None
 
@@ -32,7 +33,7 @@ def series(name: str, x, y, style: str = "line") -> dict:
     y = y.tolist() if hasattr(y, "tolist") else list(y)
     if len(x) != len(y):
         raise ValueError(f"series {name!r}: {len(x)} x values but {len(y)} y values")
-    return {"name": name, "x": [_finite_or_none(v) for v in x], "y": [_finite_or_none(v) for v in y],
+    return {"name": name, "x": [finite_or_none(v) for v in x], "y": [finite_or_none(v) for v in y],
             "style": style}
 
 

@@ -203,6 +203,16 @@ class VelocityNormPlot(io.ComfyNode):
         return io.NodeOutput(charts.render(payload, node=cls.NAME), ui=_ui(payload))
 
 
+STRAIGHTNESS_KEY = "flowscope_straightness"  # the Straightness Meter's ui entry: one dict of numbers per input
+SCALAR_STATISTICS = ("straightness", "relative_straightness", "path_over_chord", "turning_angle", "kinetic_energy",
+                     "transport_efficiency", "chord_sq", "span")
+
+
+def _scalars(stats: dict) -> dict:
+    """The scalar path statistics of :func:`straightness`, non-finite values as None (the ui is sent as JSON)."""
+    return {key: charts.finite_or_none(stats[key]) for key in SCALAR_STATISTICS}
+
+
 class StraightnessMeter(io.ComfyNode):
     NAME = "FlowScope · Straightness Meter"
 
@@ -245,9 +255,13 @@ class StraightnessMeter(io.ComfyNode):
                                series_list, x_reversed=True, parameterization=_parameterization(found),
                                notes=lines + _status_notes(found))
         first = stats[0]
+        values = [{"label": t.label, **_scalars(s), "parts": [{"name": part["name"], "dim": part["dim"],
+                                                             **_scalars(part)} for part in s["parts"]]}
+                  for t, s in zip(found, stats)]
         return io.NodeOutput(charts.render(payload, node=cls.NAME), first["straightness"], first["relative_straightness"],
                              first["path_over_chord"], first["turning_angle"], first["kinetic_energy"],
-                             first["transport_efficiency"], "\n".join(lines), ui=_ui(payload))
+                             first["transport_efficiency"], "\n".join(lines),
+                             ui={**_ui(payload), STRAIGHTNESS_KEY: values})
 
 
 class StepErrorMeter(io.ComfyNode):
