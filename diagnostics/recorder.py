@@ -31,7 +31,6 @@ Multi-part latents (ComfyUI ≥ 0.8 ``NestedTensor``, e.g. LTXAV video + audio):
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 
 import torch
