@@ -92,11 +92,11 @@ def known_frames(frame):
 
 def where(frame) -> str:
     """The innermost frame of a sampler or the recorder (the pack's samplers/ except the shared common.py, the
-    recorder node, k-diffusion) and, after "→", the innermost known frame below it (e.g. the model call)."""
+    recorder in diagnostics/ and its node, k-diffusion) and, after "→", the innermost known frame below it (e.g. the model call)."""
     below = None
     for _, location in known_frames(frame):
         source = location.split(":")[0]
-        if source.startswith(("samplers/", "nodes/diagnostic_nodes.py", "comfy/k_diffusion/")) and \
+        if source.startswith(("samplers/", "diagnostics/", "nodes/diagnostic_nodes.py", "comfy/k_diffusion/")) and \
                 source != "samplers/common.py":
             return location + (f" → {below}" if below else "")
         below = below or location

@@ -327,7 +327,7 @@ def recorder_cost(work: Workload, steps: int, repeats: int, log) -> dict:
     the workload's latent shape: the recording cost that does not depend on the model."""
     import torch
 
-    trajectory = pack_module("samplers.trajectory")
+    trajectory = pack_module("diagnostics.recorder")
     x = work.noise.clone()
     denoised = x * 0.5
     sigmas = torch.linspace(1.0, 0.0, steps + 1)

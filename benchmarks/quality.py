@@ -145,7 +145,7 @@ class Labeler:
         digits = pack_module("models.digits_data")
         train_x, train_y, _, _ = digits.load_digits_split()
         self.classifier = digits.NearestClassMean(train_x, train_y)
-        gaussian_mixture = pack_module("samplers.gaussian_mixture")
+        gaussian_mixture = pack_module("models.gaussian_mixture")
         from safetensors.torch import load_file
 
         weights = load_file(str(ROOT / "models" / "analytic.safetensors"))

@@ -1,1 +1,2 @@
-"""Presentation of diagnostics (pure Python + matplotlib, no ComfyUI imports): chart payloads and images."""
+"""Trajectory diagnostics (pure torch + matplotlib, no ComfyUI imports): the recorder, the path statistics, the
+export rows and the chart payloads and images; nodes/diagnostic_nodes.py connects them to ComfyUI."""

@@ -17,11 +17,13 @@ import numpy as np
 import torch
 
 MAX_FOOTER_LINES = 8  # parameterization + notes drawn under the image chart (two inputs of a two-part latent: 7)
+NO_DATA_TEXT = "no finite data to plot"  # drawn instead of a legend when no series has a drawable point
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
           "#bcbd22"]
 
 
-def _finite_or_none(value):
+def finite_or_none(value):
+    """``float(value)``, or None when it is not finite (JSON has no NaN or infinity)."""
     value = float(value)
     return value if math.isfinite(value) else None
 
@@ -31,7 +33,7 @@ def series(name: str, x, y, style: str = "line") -> dict:
     y = y.tolist() if hasattr(y, "tolist") else list(y)
     if len(x) != len(y):
         raise ValueError(f"series {name!r}: {len(x)} x values but {len(y)} y values")
-    return {"name": name, "x": [_finite_or_none(v) for v in x], "y": [_finite_or_none(v) for v in y],
+    return {"name": name, "x": [finite_or_none(v) for v in x], "y": [finite_or_none(v) for v in y],
             "style": style}
 
 
@@ -87,14 +89,16 @@ def require_matplotlib(node: str = "FlowScope chart"):
     return FigureCanvasAgg, Figure
 
 
-def render(payload: dict, width: int = 800, height: int = 500, node: str = "FlowScope chart") -> torch.Tensor:
-    """Draw a payload with matplotlib (Agg) → ComfyUI IMAGE [1, H, W, 3] in [0, 1]. ``node`` names the caller in
-    the error raised when matplotlib is missing (:func:`require_matplotlib`)."""
+def figure(payload: dict, width: int = 800, height: int = 500, node: str = "FlowScope chart"):
+    """The payload drawn as a matplotlib Figure (Agg canvas, not yet rasterized): one line/points/bars series per
+    payload series (non-finite points and, on a log axis, non-positive ones skipped), the parameterization and
+    notes as a footer; with no drawable point at all, :data:`NO_DATA_TEXT` in the middle of the axes instead of a
+    legend. ``node`` names the caller in the error raised when matplotlib is missing (:func:`require_matplotlib`)."""
     FigureCanvasAgg, Figure = require_matplotlib(node)
 
-    figure = Figure(figsize=(width / 100, height / 100), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
+    drawing = Figure(figsize=(width / 100, height / 100), dpi=100)
+    FigureCanvasAgg(drawing)
+    axes = drawing.add_subplot(1, 1, 1)
     drawn = 0
     for index, entry in enumerate(payload["series"]):
         pairs = [(x, y) for x, y in zip(entry["x"], entry["y"]) if x is not None and y is not None
@@ -124,11 +128,18 @@ def render(payload: dict, width: int = 800, height: int = 500, node: str = "Flow
     if drawn:
         axes.legend(fontsize=8, loc="best")
     else:
-        axes.text(0.5, 0.5, "no finite data to plot", ha="center", va="center", transform=axes.transAxes)
+        axes.text(0.5, 0.5, NO_DATA_TEXT, ha="center", va="center", transform=axes.transAxes)
     footer = [payload["parameterization"]] + payload["notes"] if payload["parameterization"] else payload["notes"]
     if footer:
-        figure.text(0.01, 0.01, "\n".join(footer[:MAX_FOOTER_LINES]), fontsize=7, va="bottom", family="monospace")
-        figure.subplots_adjust(bottom=0.12 + 0.025 * min(len(footer), MAX_FOOTER_LINES))
-    figure.canvas.draw()
-    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].astype(np.float32) / 255.0
+        drawing.text(0.01, 0.01, "\n".join(footer[:MAX_FOOTER_LINES]), fontsize=7, va="bottom", family="monospace")
+        drawing.subplots_adjust(bottom=0.12 + 0.025 * min(len(footer), MAX_FOOTER_LINES))
+    return drawing
+
+
+def render(payload: dict, width: int = 800, height: int = 500, node: str = "FlowScope chart") -> torch.Tensor:
+    """Draw a payload with matplotlib (Agg, :func:`figure`) → ComfyUI IMAGE [1, H, W, 3] in [0, 1]. ``node``
+    names the caller in the error raised when matplotlib is missing (:func:`require_matplotlib`)."""
+    drawing = figure(payload, width, height, node)
+    drawing.canvas.draw()
+    pixels = np.asarray(drawing.canvas.buffer_rgba())[..., :3].astype(np.float32) / 255.0
     return torch.from_numpy(pixels.copy())[None]

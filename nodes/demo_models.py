@@ -19,7 +19,7 @@ import comfy.model_patcher
 import comfy.supported_models_base
 
 from ..models.networks import NULL_CLASS, DigitsMLP
-from ..samplers.gaussian_mixture import GaussianMixture
+from ..models.gaussian_mixture import GaussianMixture
 
 MODELS_DIR = pathlib.Path(os.environ.get("FLOWSCOPE_DEMO_MODELS_DIR") or pathlib.Path(__file__).resolve().parents[1] / "models")
 DEMO_MODELS = {
@@ -93,7 +93,7 @@ class DigitsNet(torch.nn.Module):
 
 
 class AnalyticNet(torch.nn.Module):
-    """``diffusion_model`` returning the exact velocity of a Gaussian mixture (see samplers/gaussian_mixture.py).
+    """``diffusion_model`` returning the exact velocity of a Gaussian mixture (see models/gaussian_mixture.py).
 
     A digit label restricts the mixture to that digit's component; the empty label uses the whole mixture.
     """

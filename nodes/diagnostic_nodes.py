@@ -1,5 +1,6 @@
 """Diagnostic nodes: record a sampling trajectory, then plot velocity norms, measure straightness and step
-error, and export the statistics. The numerics live in samplers/trajectory.py; charts in nodes/charts.py."""
+error, and export the statistics. The numerics live in diagnostics/ (recorder.py, trajectory.py, export.py), the
+charts in diagnostics/charts.py; these nodes only connect them to ComfyUI."""
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,10 @@ import folder_paths
 import latent_preview
 import torch
 
-from ..samplers.trajectory import Trajectory, TrajectoryRecorder, flatten_batch, latent_parts, straightness
 from ..diagnostics import charts
+from ..diagnostics.export import trajectory_json, trajectory_rows
+from ..diagnostics.recorder import TrajectoryRecorder
+from ..diagnostics.trajectory import Trajectory, flatten_batch, latent_parts, straightness
 from .comfy_io import TrajectoryType, io
 from .comfy_sampling import comfy_sampler_function, is_flow_model, sample_like_custom_advanced
 
@@ -200,6 +203,16 @@ class VelocityNormPlot(io.ComfyNode):
         return io.NodeOutput(charts.render(payload, node=cls.NAME), ui=_ui(payload))
 
 
+STRAIGHTNESS_KEY = "flowscope_straightness"  # the Straightness Meter's ui entry: one dict of numbers per input
+SCALAR_STATISTICS = ("straightness", "relative_straightness", "path_over_chord", "turning_angle", "kinetic_energy",
+                     "transport_efficiency", "chord_sq", "span")
+
+
+def _scalars(stats: dict) -> dict:
+    """The scalar path statistics of :func:`straightness`, non-finite values as None (the ui is sent as JSON)."""
+    return {key: charts.finite_or_none(stats[key]) for key in SCALAR_STATISTICS}
+
+
 class StraightnessMeter(io.ComfyNode):
     NAME = "FlowScope · Straightness Meter"
 
@@ -242,9 +255,13 @@ class StraightnessMeter(io.ComfyNode):
                                series_list, x_reversed=True, parameterization=_parameterization(found),
                                notes=lines + _status_notes(found))
         first = stats[0]
+        values = [{"label": t.label, **_scalars(s), "parts": [{"name": part["name"], "dim": part["dim"],
+                                                             **_scalars(part)} for part in s["parts"]]}
+                  for t, s in zip(found, stats)]
         return io.NodeOutput(charts.render(payload, node=cls.NAME), first["straightness"], first["relative_straightness"],
                              first["path_over_chord"], first["turning_angle"], first["kinetic_energy"],
-                             first["transport_efficiency"], "\n".join(lines), ui=_ui(payload))
+                             first["transport_efficiency"], "\n".join(lines),
+                             ui={**_ui(payload), STRAIGHTNESS_KEY: values})
 
 
 class StepErrorMeter(io.ComfyNode):
@@ -285,50 +302,6 @@ class StepErrorMeter(io.ComfyNode):
         mean_error = float(first_error.nanmean()) if first_error.numel() else float("nan")
         return io.NodeOutput(charts.render(payload, node=cls.NAME), found[0].nfe, mean_error, "\n".join(lines),
                              ui=_ui(payload))
-
-
-def _step_means(trajectory: Trajectory, i: int, prefix: str = "") -> dict:
-    """Batch means of step ``i``'s statistics (velocity at the step start, secant velocity², segment length,
-    local error), keys prefixed with ``prefix``."""
-    return {
-        prefix + "velocity_rms": float(trajectory.step_velocity_rms[i].mean())
-        if i < len(trajectory.step_velocity_rms) else "",
-        prefix + "secant_velocity_sq": float(trajectory.secant_sq[i].mean()),
-        prefix + "segment_length": float(trajectory.segment_length[i].mean()),
-        prefix + "local_error": float(trajectory.local_error[i].mean()) if i < len(trajectory.local_error) else "",
-    }
-
-
-def trajectory_rows(trajectory: Trajectory) -> list[dict]:
-    """One CSV row per step (batch means); a multi-part latent adds the same columns per part, prefixed
-    ``part{p}_`` (p as in the part's name, listed under ``parts`` in the JSON)."""
-    rows = []
-    for i in range(trajectory.steps):
-        row = {"step": i, "sigma": float(trajectory.sigma[i]), "t": float(trajectory.t[i]),
-               "t_next": float(trajectory.t[i + 1]), **_step_means(trajectory, i),
-               "model_calls": int((trajectory.call_step == i).sum())}
-        for p, part in enumerate(trajectory.parts):
-            row.update(_step_means(part, i, f"part{p}_"))
-        rows.append(row)
-    return rows
-
-
-def trajectory_json(trajectory: Trajectory) -> dict:
-    stats = straightness(trajectory)
-    return {
-        "label": trajectory.label, "parameterization": trajectory.parameterization, "status": trajectory.status,
-        "dim": trajectory.dim, "batch": trajectory.batch, "steps": trajectory.steps, "nfe": trajectory.nfe,
-        "statistics": stats, "sigma": trajectory.sigma.tolist(), "t": trajectory.t.tolist(),
-        "per_step": trajectory_rows(trajectory),
-        "per_call": {"t": trajectory.call_t.tolist(), "velocity_rms": trajectory.call_velocity_rms.tolist(),
-                     "x0_drift_rms": trajectory.call_x0_drift_rms.tolist(), "step": trajectory.call_step.tolist()},
-        # a multi-part latent: each part's per-call series (its path statistics are in statistics["parts"],
-        # its per-step means in the part{p}_ columns of per_step)
-        "parts": [{"name": part.part, "dim": part.dim,
-                   "per_call": {"velocity_rms": part.call_velocity_rms.tolist(),
-                                "x0_drift_rms": part.call_x0_drift_rms.tolist()}} for part in trajectory.parts],
-        "extra": trajectory.extra,
-    }
 
 
 class ExportTrajectory(io.ComfyNode):

@@ -45,14 +45,19 @@ def test_example_workflow_renders_the_requested_digits(comfy, object_info, digit
 
 @pytest.mark.parametrize("model_name,scheduler", [("digits-flow", "simple"), ("digits-diffusion", "karras"),
                                                   ("analytic", "simple")])
-def test_each_demo_model_runs_with_ksampler_batch2_cfg(comfy, digit_classifier, model_name, scheduler):
-    prompt = ksampler_prompt(model_name, digit="5", batch=2, cfg=2.5, steps=16, scheduler=scheduler,
+def test_each_demo_model_draws_the_requested_digit_with_ksampler_and_cfg(comfy, digit_classifier, model_name,
+                                                                        scheduler):
+    """A batch of 16 of one digit through KSampler with CFG reaches the classifier's accuracy threshold (real
+    held-out digits score 0.88, noise 0.10): at least 10 of the 16 are recognized as that digit."""
+    batch = 16
+    prompt = ksampler_prompt(model_name, digit="5", batch=batch, cfg=2.5, steps=16, scheduler=scheduler,
                              prefix=f"ks_{model_name}")
     images = comfy.output_images(comfy.run(prompt), "8")
-    assert [image.size for image in images] == [(8, 8), (8, 8)]
+    assert [image.size for image in images] == [(8, 8)] * batch
     pixels = images_to_latent_scale(images)
     assert float(pixels.std()) > 0.2  # not a blank image
-    assert digit_classifier.accuracy(pixels, torch.full((2,), 5)) >= 0.5
+    accuracy = digit_classifier.accuracy(pixels, torch.full((batch,), 5))
+    assert accuracy >= DIGIT_ACCURACY_THRESHOLD, (model_name, accuracy)
 
 
 def rejection_text(server, prompt) -> str:

@@ -27,10 +27,10 @@ def test_flow_vs_diffusion_overlays_both_models_in_flow_time(comfy, object_info)
     flow_t = [x for x in velocity["series"][0]["x"]]
     diffusion_t = [x for x in velocity["series"][1]["x"]]
     assert max(flow_t) == pytest.approx(1.0) and 0.9 < max(diffusion_t) < 1.0  # σ_max/(1+σ_max) ≈ 0.936
-    notes = history["outputs"]["41"]["flowscope_chart"][0]["notes"]
-    relative = [float(line.split("S/(|c|²/T) = ")[1].split(",")[0]) for line in notes[:2]]
+    flow, diffusion = history["outputs"]["41"]["flowscope_straightness"]
+    assert [flow["label"], diffusion["label"]] == ["digits-flow (rectified flow)", "digits-diffusion (EPS)"]
     # The seed claim on the demo models, same seed and conditioning: the flow model's paths are straighter.
-    assert relative[0] < relative[1], notes
+    assert flow["relative_straightness"] < diffusion["relative_straightness"], (flow, diffusion)
     assert len(history["outputs"]["47"]["images"]) == 4
 
 

@@ -48,12 +48,19 @@ def test_recorded_statistics_reach_the_diagnostic_nodes(comfy):
     mean_series = velocity["series"][0]
     assert len(mean_series["x"]) == 20  # Heun: 2 model calls per step, NFE 20 (last step to σ = 0 included)
     assert all(y is not None and y > 0 for y in mean_series["y"])
-    straight = history["outputs"]["21"]["flowscope_chart"][0]
-    assert "S = " in straight["notes"][0] and "L/C" in straight["notes"][0]
+    (straight,) = history["outputs"]["21"]["flowscope_straightness"]
     files = history["outputs"]["23"]["flowscope_files"]
     exported = json.loads((comfy.output_dir / files[0]).read_text())
     assert exported["nfe"] == 20 and exported["steps"] == 10 and exported["parameterization"] == "flow"
-    assert exported["statistics"]["path_over_chord"] >= 1.0
+    statistics = exported["statistics"]
+    # The meter and the export read the same recording: the same numbers, and S = KE − ‖c‖²/T = Σ contributions.
+    assert straight["label"] == exported["label"] and straight["parts"] == []
+    for key in ("straightness", "relative_straightness", "path_over_chord", "turning_angle", "kinetic_energy",
+                "transport_efficiency", "chord_sq", "span"):
+        assert straight[key] == pytest.approx(statistics[key], rel=1e-12), key
+    assert statistics["straightness"] == pytest.approx(
+        statistics["kinetic_energy"] - statistics["chord_sq"] / statistics["span"], rel=1e-9)
+    assert sum(statistics["per_step_contribution"]) == pytest.approx(statistics["straightness"], rel=1e-9)
     csv_lines = (comfy.output_dir / files[1]).read_text().strip().splitlines()
     assert len(csv_lines) == 11 and csv_lines[0].startswith("step,sigma,t")
 

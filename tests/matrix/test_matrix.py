@@ -307,7 +307,7 @@ def test_recorder_and_every_diagnostic_node(pack, family, tmp_path):
         assert torch.equal(out["samples"], plain), f"{name}: recording changed the output"
         assert not problems(denoised["samples"], plain)
     for name, trajectory in trajectories.items():
-        per_sample = pack_module("samplers.trajectory").straightness(trajectory)["per_sample"]
+        per_sample = pack_module("diagnostics.trajectory").straightness(trajectory)["per_sample"]
         assert all(len(values) == 2 and torch.isfinite(torch.tensor(values)).all()
                    for values in per_sample.values()), (name, per_sample)
         assert trajectory.batch == 2 and trajectory.call_velocity_rms.shape[1] == 2

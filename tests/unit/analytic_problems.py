@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from samplers.gaussian_mixture import GaussianMixture
+from models.gaussian_mixture import GaussianMixture
 from samplers.runge_kutta import sample_rk
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diagnostics import charts
-from samplers.trajectory import TrajectoryRecorder
+from diagnostics.recorder import TrajectoryRecorder
 
 
 def test_payload_sends_non_finite_values_as_null_and_counts_finite_points():
@@ -30,9 +30,21 @@ def test_render_gives_a_comfy_image(y_log):
     assert float(image.std()) > 0.01  # something was drawn
 
 
+def axes_texts(payload):
+    (axes,) = charts.figure(payload, width=200, height=150).axes
+    return [text.get_text() for text in axes.texts], axes.get_legend()
+
+
 def test_render_of_an_all_nan_payload_says_so_instead_of_failing():
-    payload = charts.chart("Empty", "t", "y", [charts.series("a", [1.0], [math.nan])])
-    assert charts.render(payload, width=200, height=150).shape == (1, 150, 200, 3)
+    """No drawable point (NaN, or only non-positive values on a log axis): the chart's axes carry exactly the
+    "no finite data to plot" text and no legend, and the image still renders; with data, no such text."""
+    for payload in (charts.chart("Empty", "t", "y", [charts.series("a", [1.0], [math.nan])]),
+                    charts.chart("Log", "t", "y", [charts.series("a", [1.0, 2.0], [0.0, -1.0])], y_log=True)):
+        texts, legend = axes_texts(payload)
+        assert texts == [charts.NO_DATA_TEXT] == ["no finite data to plot"] and legend is None
+        assert charts.render(payload, width=200, height=150).shape == (1, 150, 200, 3)
+    texts, legend = axes_texts(charts.chart("Data", "t", "y", [charts.series("a", [1.0, 2.0], [1.0, math.nan])]))
+    assert texts == [] and [text.get_text() for text in legend.get_texts()] == ["a"]
 
 
 def _recorded(steps, interrupted=False, poison=False):
@@ -54,5 +66,9 @@ def test_an_empty_trajectory_is_rejected_with_a_clear_message():
 
 def test_interrupted_and_nan_trajectories_are_flagged():
     assert _recorded(3).warnings() == []
-    assert "interrupted" in " ".join(_recorded(3, interrupted=True).warnings())
-    assert "non-finite" in " ".join(_recorded(3, poison=True).warnings())
+    interrupted = _recorded(3, interrupted=True)
+    assert interrupted.status == "interrupted"
+    assert interrupted.warnings() == ["warning: 'demo' is interrupted (partial path)"]
+    poisoned = _recorded(3, poison=True)  # NaN denoised: each of the 3 calls' ‖v‖ for both samples; points finite
+    assert int(torch.isnan(poisoned.call_velocity_rms).sum()) == 6 and torch.isfinite(poisoned.secant_sq).all()
+    assert poisoned.warnings() == ["warning: 'demo' has 6 non-finite values (skipped in charts)"]

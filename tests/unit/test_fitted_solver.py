@@ -7,7 +7,7 @@ from tests.unit.analytic_problems import DATA_END_SIGMA, denoiser_of, make_mixtu
 from samplers.fitted_solver import (START_DAMPING, FittedSolver, dense_reference, fit_solver,
                                     least_squares_coefficients, optimize_fitted, reference_trajectory,
                                     refine_end_to_end, sample_fitted, search_damping)
-from samplers.gaussian_mixture import GaussianMixture
+from models.gaussian_mixture import GaussianMixture
 from samplers.predictor_corrector import sample_multistep_pc
 from samplers.schedule_optimization import pilot_reference
 from samplers.schedules import karras_sigmas

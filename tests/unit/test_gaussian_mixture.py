@@ -1,10 +1,12 @@
-"""The analytic model against its closed forms (MISSION.md): D, v, score and log p are mutually consistent."""
+"""The analytic model against its closed forms (models/gaussian_mixture.py):
+``D = Σ w_k [μ_k + (a s_k²/V_k)(x − aμ_k)]``, ``v = (x − D)/σ``, ``∇log p_σ = −Σ w_k (x − aμ_k)/V_k``;
+D, v, score and log p are mutually consistent."""
 import math
 
 import pytest
 import torch
 
-from samplers.gaussian_mixture import GaussianMixture
+from models.gaussian_mixture import GaussianMixture
 
 
 @pytest.fixture

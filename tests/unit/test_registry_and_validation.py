@@ -1,15 +1,26 @@
 """The registry: every sampler runs with the k-diffusion contract on any latent shape, never calls the model
 at σ = 0, and rejects bad input with a ValueError naming itself and the problem. No ComfyUI imports."""
+import ast
 import inspect
 import pathlib
-import re
 
 import pytest
 import torch
 
 from tests.unit.analytic_problems import denoiser_of, make_mixture, uniform
-from samplers import SAMPLER_INFO, SAMPLERS, SCHEDULE_INFO, SCHEDULES, optimizers
+from samplers import (SAMPLER_INFO, SAMPLER_SPECS, SAMPLERS, SCHEDULE_INFO, SCHEDULES, optimizers,
+                      sampler_table_markdown)
 from samplers.common import validate_latent, validate_sigmas
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Top-level modules and packages of ComfyUI's source tree (what ``import X`` reaches inside a ComfyUI process).
+COMFY_MODULES = {"alembic_db", "api_server", "app", "comfy", "comfy_api", "comfy_api_nodes", "comfy_config",
+                 "comfy_execution", "comfy_extras", "comfyui_version", "cuda_malloc", "execution", "folder_paths",
+                 "hook_breaker_ac10a0", "latent_preview", "main", "middleware", "new_updater", "node_helpers",
+                 "nodes", "protocol", "server", "utils"}
+# The layers below nodes/ and the pack packages each may import: data flows nodes → diagnostics → samplers.
+LAYERS = {"samplers": {"samplers"}, "diagnostics": {"diagnostics", "samplers"}, "models": {"models", "samplers"}}
+
 
 NAMES = ["fs_euler", "fs_heun", "fs_midpoint", "fs_ralston", "fs_rk3", "fs_rk4", "fs_rk38", "fs_bosh3",
          "fs_dopri5", "fs_ab2", "fs_ab3", "fs_ab4", "fs_abm", "fs_exp_abm", "fs_heavy_ball", "fs_nesterov",
@@ -29,11 +40,83 @@ def test_registry_names_and_info():
     assert set(SCHEDULE_INFO) == set(SCHEDULES)
 
 
-def test_no_comfy_imports():
-    root = pathlib.Path(__file__).resolve().parents[2] / "samplers"
-    for path in root.glob("*.py"):
-        text = path.read_text()
-        assert not re.search(r"^\s*(from|import)\s+comfy", text, re.MULTILINE), path.name
+def test_samplers_info_and_readme_table_come_from_one_spec_list():
+    """SAMPLERS and SAMPLER_INFO are the spec list's columns, in its order; the README shows exactly the table
+    :func:`sampler_table_markdown` renders from it, between the sampler-table markers."""
+    assert [spec.name for spec in SAMPLER_SPECS] == list(SAMPLERS) == list(SAMPLER_INFO)
+    for spec in SAMPLER_SPECS:
+        assert SAMPLERS[spec.name] is spec.fn
+        assert SAMPLER_INFO[spec.name] == {"order": spec.order, "nfe_per_step": spec.nfe_per_step,
+                                           "advice": spec.advice}
+        assert "|" not in spec.advice + spec.nfe_per_step + spec.measured and "\n" not in spec.advice, spec.name
+        measured = spec.measured.split()[0] if spec.measured else ""
+        if measured.replace(".", "", 1).isdigit():  # a measured slope must lie within ±0.3 of the stated order
+            assert abs(float(measured) - spec.order) < 0.3, (spec.name, spec.measured)
+    table = sampler_table_markdown()
+    assert table.splitlines()[2:] == [spec.table_row() for spec in SAMPLER_SPECS]
+    assert "| `fs_rk4` | 4 (3.84) | 4 |" in table and "| `fs_dopri5` | 5 | adaptive, 6 per attempt |" in table
+    readme = (ROOT / "README.md").read_text()
+    start, end = "<!-- sampler-table:start -->\n", "\n<!-- sampler-table:end -->"
+    assert readme.count(start) == 1 and readme.count(end) == 1, "README.md needs the sampler-table markers once"
+    shown = readme[readme.index(start) + len(start):readme.index(end)]
+    assert shown == table, ("README.md's sampler table differs from samplers.sampler_table_markdown(); paste its "
+                            "output between the markers:\n" + table)
+
+
+def imported_modules(path: pathlib.Path, root: pathlib.Path = ROOT):
+    """(line, absolute module, relative) of every import in ``path`` — module level, in functions, under ``if``
+    — and of every ``importlib.import_module``/``__import__`` with a literal name. Relative imports are resolved
+    against the file's package below ``root`` (``from ..x import y`` in samplers/a/b.py → samplers.x)."""
+    package = list(path.relative_to(root).parent.parts)
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, False
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                yield node.lineno, node.module, False
+            else:
+                base = package[:len(package) - (node.level - 1)] if node.level > 1 else package
+                assert node.level - 1 <= len(package), (path, node.lineno)
+                yield node.lineno, ".".join(base + ([node.module] if node.module else [])), True
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            function = node.func
+            name = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", "")
+            if name in ("import_module", "__import__"):
+                yield node.lineno, node.args[0].value, False
+
+
+def test_imported_modules_resolves_absolute_relative_and_dynamic_imports(tmp_path):
+    source = tmp_path / "samplers" / "pkg" / "mod.py"
+    source.parent.mkdir(parents=True)
+    source.write_text("import os.path\nfrom . import sibling\nfrom ..common import x\n"
+                      "def f():\n    import comfy.samplers\n    from ...nodes import y\n"
+                      "    importlib.import_module('folder_paths')\n")
+    found = [(line, module, relative) for line, module, relative in imported_modules(source, tmp_path)]
+    assert sorted(found) == [(1, "os.path", False), (2, "samplers.pkg", True), (3, "samplers.common", True),
+                             (5, "comfy.samplers", False), (6, "nodes", True), (7, "folder_paths", False)]
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_core_layers_import_no_comfyui_and_nothing_above_them(layer):
+    """samplers/, diagnostics/ and models/ promise to work without ComfyUI: no import of any ComfyUI module
+    anywhere in them (also inside functions), and no import of a pack layer above them (nodes/, or diagnostics/
+    and models/ from samplers/)."""
+    files = sorted((ROOT / layer).rglob("*.py"))
+    assert files, layer
+    comfy, upward = [], []
+    for path in files:
+        for line, module, relative in imported_modules(path):
+            root = module.split(".")[0]
+            where = f"{path.relative_to(ROOT)}:{line} {module}"
+            if relative:
+                if root not in LAYERS[layer]:
+                    upward.append(where)
+            elif root in COMFY_MODULES:
+                comfy.append(where)
+    assert comfy == [], comfy
+    assert upward == [], upward
 
 
 class Recorder:

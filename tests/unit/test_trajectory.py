@@ -4,10 +4,11 @@ import math
 import pytest
 import torch
 
-from samplers.gaussian_mixture import GaussianMixture
-from samplers import trajectory as trajectory_module
+from models.gaussian_mixture import GaussianMixture
+from diagnostics import recorder as recorder_module
 from samplers.runge_kutta import sample_rk
-from samplers.trajectory import TrajectoryRecorder, flatten_batch, straightness
+from diagnostics.recorder import TrajectoryRecorder
+from diagnostics.trajectory import flatten_batch, straightness
 
 DATA_END = 1e-8
 
@@ -39,7 +40,8 @@ def record(mixture, noise, sigmas, method="rk4", flow=True, record_latents=False
 
 
 def exact_path_statistics(mixture, noise, steps=4000):
-    """KE and S from the exact velocity along a dense RK4 path (trapezoid rule in t)."""
+    """KE, S and L/C from the exact velocity along a dense RK4 path (trapezoid rule in t; the path length
+    ``L = ∫‖v‖dt``, batch means as :func:`straightness` takes them)."""
     sigmas = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
     points = []
     sample_rk(lambda x, s, **_: mixture.denoised(x, s), noise, sigmas, method="rk4", data_end_sigma=DATA_END,
@@ -51,7 +53,9 @@ def exact_path_statistics(mixture, noise, steps=4000):
     chord = (noise - end)
     chord_energy = chord.pow(2).sum(1) / d
     kinetic = torch.trapezoid(speed_sq, dx=1.0 / steps, dim=0)
-    return float(kinetic.mean()), float((kinetic - chord_energy).mean())
+    length = torch.trapezoid(speed_sq.sqrt(), dx=1.0 / steps, dim=0)
+    path_over_chord = float(length.mean() / chord_energy.sqrt().mean())
+    return float(kinetic.mean()), float((kinetic - chord_energy).mean()), path_over_chord
 
 
 def test_dense_recording_matches_the_exact_kinetic_energy_and_straightness(mixture):
@@ -60,11 +64,12 @@ def test_dense_recording_matches_the_exact_kinetic_energy_and_straightness(mixtu
     noise = torch.randn(16, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     _, trajectory = record(mixture, noise, torch.linspace(1, 0, 401, dtype=torch.float64))
     stats = straightness(trajectory)
-    kinetic, straight = exact_path_statistics(mixture, noise)
+    kinetic, straight, path_over_chord = exact_path_statistics(mixture, noise)
     assert stats["kinetic_energy"] == pytest.approx(kinetic, rel=1e-3)
     assert stats["straightness"] == pytest.approx(straight, abs=1e-3 * kinetic)
     assert straight > 0.05 * kinetic  # the mixture's paths are measurably curved
-    assert 0 < stats["transport_efficiency"] < 1 and stats["path_over_chord"] > 1
+    assert stats["transport_efficiency"] == pytest.approx((kinetic - straight) / kinetic, rel=1e-3)
+    assert stats["path_over_chord"] == pytest.approx(path_over_chord, rel=1e-4) and path_over_chord > 1.01
 
 
 def test_straightness_equals_explicit_sum_and_ke_minus_chord(mixture):
@@ -100,7 +105,36 @@ def test_straight_paths_have_zero_straightness():
     stats = straightness(trajectory)
     assert abs(stats["straightness"]) < 1e-12 * stats["kinetic_energy"]
     assert stats["transport_efficiency"] == pytest.approx(1.0, abs=1e-12)
+    assert stats["path_over_chord"] == pytest.approx(1.0, abs=1e-12)
     assert stats["turning_angle"] == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("reduced_at_once", [False, True])
+def test_a_polyline_on_a_circular_arc_has_its_closed_form_statistics(reduced_at_once, monkeypatch):
+    """Points x_i = R(cos θ_i, sin θ_i), θ_i = Θ·i/N, at t_i = 1 − i/N (batch: radii 1 and 3, d = 2): N chords
+    of length s = 2R sin(Θ/2N) and the chord 2R sin(Θ/2), so L/C = N sin(Θ/2N)/sin(Θ/2), the turning angle is
+    (N−1)Θ/N, KE = Σ Δt (s/Δt)²/d = N² s²/d and S = KE − ‖c‖²/(T d) with T = 1 (batch means)."""
+    if reduced_at_once:  # the recorder's other mode: every call and step reduced in its hook
+        monkeypatch.setattr(recorder_module, "DEFERRED_BUDGET_BYTES", 0)
+    steps, arc = 12, 2.0
+    radii = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    sigmas = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+    angles = arc * torch.arange(steps + 1, dtype=torch.float64) / steps
+    points = [torch.stack([radii * torch.cos(a), radii * torch.sin(a)], dim=1) for a in angles]
+    recorder = TrajectoryRecorder(True, sigmas)
+    for i in range(steps):
+        denoised = torch.zeros_like(points[i])
+        recorder.on_model_call(points[i], sigmas[i].expand(2), denoised)
+        recorder.on_step(i, points[i], denoised)
+    stats = straightness(recorder.finish(points[-1]))
+    ratio = steps * math.sin(arc / (2 * steps)) / math.sin(arc / 2)
+    assert stats["path_over_chord"] == pytest.approx(ratio, rel=1e-12) and ratio > 1.03
+    assert stats["per_sample"]["path_over_chord"] == pytest.approx([ratio, ratio], rel=1e-12)
+    assert stats["turning_angle"] == pytest.approx((steps - 1) * arc / steps, rel=1e-12)
+    mean_r2 = float(radii.pow(2).mean())
+    kinetic = steps ** 2 * 4 * mean_r2 * math.sin(arc / (2 * steps)) ** 2 / 2
+    assert stats["kinetic_energy"] == pytest.approx(kinetic, rel=1e-12)
+    assert stats["straightness"] == pytest.approx(kinetic - 4 * mean_r2 * math.sin(arc / 2) ** 2 / 2, rel=1e-10)
 
 
 def test_ve_trajectories_are_converted_to_flow_time(mixture):
@@ -162,7 +196,7 @@ def test_hooks_work_in_one_preallocated_tensor_and_finish_releases_it(mixture, f
     def on_step(info):
         recorder.on_step(info["i"], info["x"], info["denoised"])
         working.add(recorder._rows.all.data_ptr())
-        assert recorder._rows.all.shape == (4 * trajectory_module.MAX_BLOCK + 8, 3, 6)
+        assert recorder._rows.all.shape == (4 * recorder_module.MAX_BLOCK + 8, 3, 6)
         assert all(not latent_sized(value) for name, value in vars(recorder).items() if name != "_rows")
 
     out = sample_rk(denoiser, noise, sigmas, method="heun", callback=on_step)
@@ -178,7 +212,7 @@ def test_without_a_block_the_hooks_carry_two_latent_copies_and_references_to_giv
     """A latent too large for a block is reduced in the hooks: between them the recorder holds copies of the previous
     point and segment only (its own latent-sized tensors), and references to tensors the sampler gave it (the first
     x, the latest step's and call's D); finish releases everything."""
-    monkeypatch.setattr(trajectory_module, "DEFERRED_BUDGET_BYTES", 0)
+    monkeypatch.setattr(recorder_module, "DEFERRED_BUDGET_BYTES", 0)
     sigmas = torch.linspace(0.9, 0.05, 11, dtype=torch.float64)
     recorder = TrajectoryRecorder(flow, sigmas)
     noise = torch.randn(3, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
@@ -223,13 +257,13 @@ def test_the_block_shrinks_with_the_latent_to_stay_within_the_working_memory_bud
     """Small latents are reduced MAX_BLOCK calls at a time; larger ones in smaller blocks so that the working
     tensor stays within DEFERRED_BUDGET_BYTES, down to one call per block (12 latents); a latent whose 12 rows
     would pass the budget gets no block (it is reduced in the hooks)."""
-    budget = trajectory_module.DEFERRED_BUDGET_BYTES
-    for floats, block in [(64, trajectory_module.MAX_BLOCK), (budget // 4 // 20, 3), (budget // 4 // 12, 1),
+    budget = recorder_module.DEFERRED_BUDGET_BYTES
+    for floats, block in [(64, recorder_module.MAX_BLOCK), (budget // 4 // 20, 3), (budget // 4 // 12, 1),
                           (budget // 4 // 12 + 1, 0), (budget // 4, 0)]:
         like = torch.zeros(1, floats)
-        assert trajectory_module._Rows.block_for(like) == block, floats
+        assert recorder_module._Rows.block_for(like) == block, floats
         if block:
-            rows = trajectory_module._Rows(like, block)
+            rows = recorder_module._Rows(like, block)
             assert rows.all.shape == (4 * block + 8, 1, floats)
             assert rows.all.numel() * 4 <= budget
 
@@ -247,7 +281,7 @@ def test_statistics_do_not_depend_on_where_the_blocks_end(mixture, monkeypatch, 
     noise = torch.randn(4, 6, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * (1 if flow else 14)
 
     def recording(block):
-        monkeypatch.setattr(trajectory_module, "MAX_BLOCK", block)
+        monkeypatch.setattr(recorder_module, "MAX_BLOCK", block)
         recorder = TrajectoryRecorder(flow, sigmas, record_latents=True)
         denoiser = recording_denoiser(recorder, lambda x, s: mixture.denoised(x, s if flow else s / (1 + s)))
         callback = lambda info: recorder.on_step(info["i"], info["x"], info["denoised"])  # noqa: E731
@@ -283,7 +317,7 @@ def test_reducing_in_the_hooks_equals_the_block_in_single_and_half_precision(mix
     noise = (torch.randn(2, 6, generator=torch.Generator().manual_seed(4)) * (1 if flow else 14)).to(dtype)
 
     def recording(budget):
-        monkeypatch.setattr(trajectory_module, "DEFERRED_BUDGET_BYTES", budget)
+        monkeypatch.setattr(recorder_module, "DEFERRED_BUDGET_BYTES", budget)
         recorder = TrajectoryRecorder(flow, sigmas)
         model = lambda x, s: mixture.denoised(x.double(), s if flow else s / (1 + s)).float()  # noqa: E731
         denoiser = recording_denoiser(recorder, model)

@@ -5,14 +5,17 @@ The sampler sees one flat [B, 1, N] latent: the parts flattened per sample and c
 on straight lines (a constant denoiser: the flow ODE path is a straight line to it), part 1 curves (the exact
 denoiser of a Gaussian mixture) — and the recorder's per-part statistics must equal those of the recorder run
 on each part alone. Pure torch: no ComfyUI needed."""
+import json
 import math
 
 import pytest
 import torch
 
-from samplers.gaussian_mixture import GaussianMixture
+from models.gaussian_mixture import GaussianMixture
 from samplers.runge_kutta import sample_rk
-from samplers.trajectory import Trajectory, TrajectoryRecorder, flatten_batch, latent_parts, straightness
+from diagnostics.export import trajectory_json, trajectory_rows
+from diagnostics.recorder import TrajectoryRecorder
+from diagnostics.trajectory import Trajectory, flatten_batch, latent_parts, straightness
 
 BATCH = 3
 STRAIGHT_SHAPE = (BATCH, 2, 1, 2, 2)  # a 5-D "video" part: 8 elements per sample
@@ -195,3 +198,24 @@ def test_a_single_part_adds_nothing_and_part_blocks_hold_scalars_only(problem):
     trajectory = recorder.finish(x, interrupted=True)
     assert trajectory.status == "interrupted" and [part.status for part in trajectory.parts] == ["interrupted"] * 2
     assert [part.dim for part in trajectory.parts] == [5, 9]
+
+
+def test_export_rows_and_json_hold_each_step_and_each_part(problem):
+    """The Export node's CSV rows: one per step with the batch means of that step (and ``part{p}_`` columns per
+    part), the model calls counted per step; the JSON: the same rows, the statistics and each part's series."""
+    with_parts, _, _ = recordings(problem, True, "heun")
+    rows = trajectory_rows(with_parts)
+    # heun: 2 calls per step, 1 on the last (no data_end_sigma: a first-order step to σ = 0)
+    assert len(rows) == with_parts.steps == 9 and sum(row["model_calls"] for row in rows) == with_parts.nfe == 17
+    assert [row["model_calls"] for row in rows] == [2] * 8 + [1]
+    for i, row in enumerate(rows):
+        assert (row["step"], row["sigma"], row["t_next"]) == (i, float(with_parts.sigma[i]), float(with_parts.t[i + 1]))
+        assert row["segment_length"] == pytest.approx(float(with_parts.segment_length[i].mean()), rel=1e-15)
+        for p, part in enumerate(with_parts.parts):
+            assert row[f"part{p}_secant_velocity_sq"] == pytest.approx(float(part.secant_sq[i].mean()), rel=1e-15)
+    assert rows[-1]["local_error"] == ""  # the last step has no following step start to compare with
+    exported = json.loads(json.dumps(trajectory_json(with_parts)))
+    assert exported["per_step"] == rows and exported["nfe"] == 17 and exported["parameterization"] == "flow"
+    assert exported["statistics"]["path_over_chord"] == straightness(with_parts)["path_over_chord"]
+    assert [part["name"] for part in exported["parts"]] == [part.part for part in with_parts.parts]
+    assert [len(part["per_call"]["velocity_rms"]) for part in exported["parts"]] == [17, 17]

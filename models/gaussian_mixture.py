@@ -1,7 +1,8 @@
 """Exact flow-matching model of a diagonal Gaussian mixture (closed-form denoiser, velocity, score, log p).
 
 Data ``p = Σ_k π_k N(μ_k, diag s_k²)`` pushed along the rectified-flow path ``x_σ = (1−σ)x0 + σε``.
-With ``a = 1−σ`` and ``V_k = a²s_k² + σ²`` every quantity is known in closed form (see MISSION.md):
+With ``a = 1−σ`` and ``V_k = a²s_k² + σ²`` (component k of ``x_σ`` is ``N(aμ_k, diag V_k)``) every quantity is
+known in closed form:
 marginal ``p_σ = Σ π_k N(aμ_k, V_k)``, posterior weights ``w_k = softmax(log π_k + log N(x; aμ_k, V_k))``,
 denoiser ``D = Σ w_k [μ_k + (a s_k²/V_k)(x − aμ_k)]``,
 velocity ``v = dx/dσ = Σ w_k [((σ − a s_k²)/V_k)(x − aμ_k) − μ_k]`` (finite at σ = 0),
