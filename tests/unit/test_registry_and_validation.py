@@ -31,7 +31,7 @@ def test_registry_names_and_info():
 
 def test_no_comfy_imports():
     root = pathlib.Path(__file__).resolve().parents[2] / "samplers"
-    for path in root.glob("*.py"):
+    for path in root.rglob("*.py"):
         text = path.read_text()
         assert not re.search(r"^\s*(from|import)\s+comfy", text, re.MULTILINE), path.name
 
