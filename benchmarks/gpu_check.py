@@ -21,7 +21,7 @@ sampler (``sampler_object`` / ``KSAMPLER`` of ``comfy.k_diffusion.sampling.sampl
   ``stats``). The count runs the accelerator code path: on the CPU ``fs_secant`` computes its per-sample
   coefficients in Python floats by design (``HOST_COEFFICIENT_DEVICES``), which the count switches off.
 * Recorder: ``record_sampling`` around euler vs plain euler, µs per model call and host syncs per step.
-* Fitted Solver: wall time of the FlowScope · Fitted Solver node's fit (``solver_fitter``: data base, order 3,
+* Fitted Solver: wall time of the FlowScope · Fitted Solver node's fit (``solver_fit_plan``: data base, order 3,
   history 8, reference rtol 1e-5; ``--quick`` 1e-3) at 8 steps on a batch-1 pilot.
 
 Run ``bash benchmarks/gpu_check.sh [--device cpu|cuda] [--quick] [--out PATH]``.
@@ -222,10 +222,12 @@ def recorder_overhead(work, steps: int, repeats: int, synchronize) -> dict:
 
 def fit_time(work, steps: int, rtol: float, synchronize) -> dict:
     nodes = pack_module("nodes.sampler_nodes")
-    result = {}
-    planner = nodes.solver_fitter(result, "data", 3, 8, rtol)
+    planner = pack_module("nodes.comfy_sampling").PlanningSampler(
+        nodes.solver_fit_plan(pack_module("samplers.fitted").FitSettings("data", 3, 8, rtol)))
     seconds = timed(lambda: work.run(planner, steps), synchronize)
-    return dict(seconds=seconds, reference_nfe=result["reference_nfe"], info=result["solver"].info)
+    fit = planner.result.fit
+    return dict(seconds=seconds, reference_nfe=planner.result.reference_nfe,
+                info=dict(base_error=fit.base_error, error=fit.error))
 
 
 def render(args, env, description, shape, timing, syncs, recorder, fit, elapsed) -> str:

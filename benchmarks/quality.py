@@ -127,13 +127,13 @@ def adaptive_sampler(method: str, **options):
 
 def reference_solution(problem: Problem, rtol: float):
     """Tight fs_dopri5 from σ_max to the model's σ_min (then the same σ = 0 end as every contender)."""
-    from ComfyUI_FlowScope.nodes.comfy_sampling import reference_sigma_min
-    from ComfyUI_FlowScope.samplers.schedule_optimization import reference_options, reference_sigmas
+    from ComfyUI_FlowScope.nodes.comfy_sampling import model_family
+    from ComfyUI_FlowScope.samplers.reference import reference_options, reference_sigmas
 
-    sigma_min = reference_sigma_min(problem.model_sampling)
+    sigma_min = model_family(problem.model_sampling).reference_sigma_min
     sigmas = reference_sigmas(float(problem.model_sampling.sigma_max), sigma_min).float()
-    solution, nfe = problem.run(flowscope_sampler("sample_adaptive", **reference_options(rtol, 200000)), sigmas)
-    check, _ = problem.run(flowscope_sampler("sample_adaptive", **reference_options(rtol / 10, 200000)), sigmas)
+    solution, nfe = problem.run(flowscope_sampler("sample_adaptive", **reference_options(rtol)), sigmas)
+    check, _ = problem.run(flowscope_sampler("sample_adaptive", **reference_options(rtol / 10)), sigmas)
     accuracy = float((solution - check).pow(2).mean().sqrt())
     return check, nfe, accuracy
 
@@ -234,14 +234,13 @@ def trajectory_adaptive_grid(problem, steps, order, cache):
     """The trajectory-adaptive schedule from a 16-step Heun pilot of the same noise (pilot NFE reported apart)."""
     key = (steps, order)
     if key not in cache:
-        from ComfyUI_FlowScope.nodes.comfy_sampling import is_flow_model
+        from ComfyUI_FlowScope.nodes.comfy_sampling import PlanningSampler, model_family
         from ComfyUI_FlowScope.nodes.schedule_nodes import trajectory_adaptive_pilot
 
-        result = {}
-        flow = is_flow_model(problem.model_sampling)
-        problem.run(trajectory_adaptive_pilot(problem.model_sampling, steps, order, result),
-                    problem.sigmas("simple" if flow else "karras", 16))
-        cache[key] = result["sigmas"]
+        planner = PlanningSampler(trajectory_adaptive_pilot(steps, order))
+        flow = model_family(problem.model_sampling).flow
+        problem.run(planner, problem.sigmas("simple" if flow else "karras", 16))
+        cache[key] = planner.result.sigmas
     return cache[key]
 
 
@@ -266,39 +265,42 @@ def optimized_grid(pilot, sampler_name, factory, steps, schedulers, evaluations,
     would, by trying the dropdown)."""
     key = (sampler_name, steps)
     if key not in cache:
-        from ComfyUI_FlowScope.nodes.schedule_nodes import ScheduleOptimizer
+        from ComfyUI_FlowScope.nodes.comfy_sampling import PlanningSampler
+        from ComfyUI_FlowScope.nodes.schedule_nodes import schedule_optimizer
 
         problem = pilot.problem
         starts = {name: problem.sigmas(name, steps) for name in schedulers}
         start_errors = {name: pilot.error(factory(), sigmas.clone()) for name, sigmas in starts.items()}
         finite = {name: e for name, e in start_errors.items() if math.isfinite(e)}
         start = min(finite, key=finite.get)
-        result = {}
-        planner = ScheduleOptimizer(factory(), problem.model_sampling, knots=6, max_evaluations=evaluations,
-                                    reference_rtol=1e-5, result=result, reference=pilot.reference)
+        planner = PlanningSampler(schedule_optimizer(factory(), knots=6, max_evaluations=evaluations,
+                                                     reference_rtol=1e-5, endpoint=pilot.reference))
         with torch.inference_mode():
             problem.guider.guider.sample(problem.noise, problem.latent, planner, starts[start], disable_pbar=True,
                                          seed=problem.seed)
-        cache[key] = (result["sigmas"], start, result)
+        cache[key] = (planner.result.sigmas, start, planner.result.search)
     return cache[key]
 
 
 def fitted_sampler(pilot, sigmas, configuration, schedule_evaluations=0, refine_iterations=0):
     """The Fitted Solver node's SAMPLER for ``sigmas``, fitted on the pilot noise (reference rtol 1e-6), its SIGMAS
-    output (``sigmas`` itself unless ``schedule_evaluations`` > 0 warps them) and the node's result dict
+    output (``sigmas`` itself unless ``schedule_evaluations`` > 0 warps them) and the fit's ``FitResult``
     (``refine_iterations``: the node's end-to-end refinement)."""
-    from ComfyUI_FlowScope.nodes.sampler_nodes import fitted_solver_sampler, solver_fitter
+    from ComfyUI_FlowScope.nodes.comfy_sampling import PlanningSampler
+    from ComfyUI_FlowScope.nodes.sampler_nodes import fitted_solver_sampler, solver_fit_plan
+    from ComfyUI_FlowScope.samplers.fitted import FitSettings
 
-    result = {}
     prediction, order, history = configuration
-    pilot.problem.run(solver_fitter(result, prediction, order, history, 1e-6, schedule_evaluations, refine_iterations),
-                      sigmas.clone())
-    return fitted_solver_sampler(result["solver"]), result["sigmas"].float(), result
+    planner = PlanningSampler(solver_fit_plan(FitSettings(prediction, order, history, 1e-6, schedule_evaluations,
+                                                          refine_iterations)))
+    pilot.problem.run(planner, sigmas.clone())
+    result = planner.result
+    return fitted_solver_sampler(result.solver), result.sigmas.float(), result
 
 
 def best_optimized_grid(optimized_grids, steps):
     """The optimized grid with the lowest pilot error among those fitted for ``steps`` steps, or None."""
-    candidates = [(result["error"], sigmas) for (_, grid_steps), (sigmas, _, result) in optimized_grids.items()
+    candidates = [(result.error, sigmas) for (_, grid_steps), (sigmas, _, result) in optimized_grids.items()
                   if grid_steps == steps]
     return min(candidates, key=lambda c: c[0])[1] if candidates else None
 
@@ -312,12 +314,12 @@ def start_grids(plain_fits) -> list:
 
 
 def log_refinement(log, sampler_name, budget, pilot, fit, label):
-    refined, search = fit["refinement"], fit["schedule_search"]
+    refined, search = fit.refinement, fit.schedule_search
     log(f"  {sampler_name}/{FITTED_REFINED}@{budget} ({label}): {pilot.problem.noise.shape[0]}-sample pilot, "
-        f"joint search {search['base_error']:.2e} → {search['error']:.2e}, refinement {refined['error_before']:.2e} "
-        f"→ {refined['error']:.2e} (held-out half {refined['held_out_before']:.2e} → {refined['held_out']:.2e}, "
-        f"{refined['iterations']} iterations kept of {refined['accepted']} accepted; first call at "
-        f"{pack_module('samplers.fitted_solver').describe_first_call(refined['first_call'])})")
+        f"joint search {search.base_error:.2e} → {search.error:.2e}, refinement {refined.error_before:.2e} "
+        f"→ {refined.error:.2e} (held-out half {refined.held_out_before:.2e} → {refined.held_out:.2e}, "
+        f"{refined.iterations} iterations kept of {refined.accepted} accepted; first call at "
+        f"{pack_module('samplers.fitted').describe_first_call(refined.solver.first_call)})")
 
 
 PROBLEMS = [("analytic", "analytic", 1.0), ("digits-flow", "digits-flow", 1.0),
@@ -386,24 +388,23 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True), problems=None, bu
                         return fitted_sampler(fit_pilot, start, configuration, evaluations, iterations)
 
                     sampler, sigmas, fit = fit_on(sigmas)
-                    if scheduler == FITTED_REFINED and fit["refinement"]["iterations"] < iterations and len(starts) > 1:
+                    if scheduler == FITTED_REFINED and fit.refinement.iterations < iterations and len(starts) > 1:
                         log_refinement(log, sampler_name, budget, fit_pilot, fit, "best plain-fit grid; stopped early")
                         retry = fit_on(starts[1])
                         log_refinement(log, sampler_name, budget, fit_pilot, retry[2], "second-best plain-fit grid")
-                        if retry[2]["refinement"]["error"] < fit["refinement"]["error"]:
+                        if retry[2].refinement.error < fit.refinement.error:
                             sampler, sigmas, fit = retry
                     samples, nfe = problem.run(sampler, sigmas.clone())
                     if scheduler == FITTED_JOINT:
-                        search = fit["schedule_search"]
-                        log(f"  {sampler_name}/{scheduler}@{budget}: pilot error {search['base_error']:.2e} → "
-                            f"{search['error']:.2e} ({search['evaluations']} fits)")
+                        search = fit.schedule_search
+                        log(f"  {sampler_name}/{scheduler}@{budget}: pilot error {search.base_error:.2e} → "
+                            f"{search.error:.2e} ({search.evaluations} fits)")
                     elif scheduler == FITTED_REFINED:
                         log_refinement(log, sampler_name, budget, fit_pilot, fit, "kept")
                     else:
-                        info = fit["solver"].info
-                        log(f"  {sampler_name}/{scheduler}@{budget}: pilot error {info['base_error']:.2e} → "
-                            f"{info['error']:.2e}")
-                        plain_fits.setdefault((sampler_name, budget), []).append((info["error"], sigmas))
+                        log(f"  {sampler_name}/{scheduler}@{budget}: pilot error {fit.fit.base_error:.2e} → "
+                            f"{fit.fit.error:.2e}")
+                        plain_fits.setdefault((sampler_name, budget), []).append((fit.fit.error, sigmas))
                     results.append({"problem": problem_name, "family": family, "sampler": sampler_name,
                                     "scheduler": scheduler, "budget": budget, "nfe": nfe, "steps": budget,
                                     **metrics(problem, labeler, samples, reference, reference_modes)})
@@ -447,7 +448,7 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True), problems=None, bu
                             pilot(), name, lambda: factory(budget), steps, start_schedulers,
                             OPTIMIZER_EVALUATIONS[mode], optimized_grids)
                         log(f"  {name}/{OPTIMIZED}@{steps} steps: from {start}, pilot error "
-                            f"{result['base_error']:.2e} → {result['error']:.2e} ({result['evaluations']} runs)")
+                            f"{result.base_error:.2e} → {result.error:.2e} ({result.evaluations} runs)")
                         return sigmas.clone()
                 try:
                     outcome = run_in_budget(problem, lambda: factory(budget), probe_scheduler, budget,
@@ -484,7 +485,7 @@ def problem_order(results) -> list:
 
 
 def report(results, references, command, mode) -> tuple[str, dict]:
-    first_call_starts = pack_module("samplers.fitted_solver").FIRST_CALL_STARTS
+    first_call_starts = pack_module("samplers.fitted").FIRST_CALL_STARTS
     best = best_rows(results)
     problems = problem_order(results)
     budgets = sorted({row["budget"] for row in results if row.get("budget")})

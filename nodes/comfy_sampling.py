@@ -3,15 +3,23 @@
 ComfyUI calls a sampler function as ``fn(model, x, sigmas, extra_args, callback, disable, **extra_options)``
 with ``model`` a ``KSamplerX0Inpaint`` whose ``inner_model`` is the guider and ``inner_model.inner_model``
 the ``BaseModel``. The samplers only need to know whether the model is a flow (CONST) model, which decides
-how the σ = 0 end is handled (see samplers/common.py) and which DDIM/Langevin formulas apply.
+how the σ = 0 end is handled (see samplers/common.py), where a reference solve stops before its σ = 0 step and
+which DDIM/Langevin formulas apply: :func:`model_family` decides it once.
+
+Planning nodes (Trajectory-Adaptive Scheduler, Optimized Schedule, Fitted Solver) reach the guided model the same
+way, through :func:`plan_with_guided_model`: a SAMPLER that only plans is handed to ``guider.sample`` as
+SamplerCustomAdvanced does, and its plan runs pure functions of samplers/ on the real guided model.
 """
 from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
+from typing import Optional
 
 import comfy.model_sampling
 import comfy.sample
+import comfy.samplers
 
 from ..samplers.common import validate_sigmas
 
@@ -36,10 +44,23 @@ def is_flow_model(model_sampling) -> bool:
     return isinstance(model_sampling, comfy.model_sampling.CONST)
 
 
-def reference_sigma_min(model_sampling):
-    """Where a reference solve stops before its σ = 0 step: the model's σ_min for VE/EPS models (they are not
-    defined below it), None for flow models (integrated down to 0)."""
-    return None if is_flow_model(model_sampling) else float(model_sampling.sigma_min)
+@dataclass(frozen=True)
+class ModelFamily:
+    """What the samplers/ core needs to know about a model: whether it is a flow (CONST) model, the σ at which a
+    flow model's σ = 0 stages are evaluated (``data_end_sigma``, None for VE/EPS models: they take the denoised
+    step), and where a reference solve stops before its σ = 0 step (``reference_sigma_min``: the model's σ_min for
+    VE/EPS models, which are not defined below it; None for flow models, integrated down to 0)."""
+    flow: bool
+    data_end_sigma: Optional[float]
+    reference_sigma_min: Optional[float]
+
+
+def model_family(model_sampling) -> ModelFamily:
+    """The :class:`ModelFamily` of a ``model_sampling`` object (None: not a flow model, no σ_min)."""
+    if is_flow_model(model_sampling):
+        return ModelFamily(True, FLOW_DATA_END_SIGMA, None)
+    sigma_min = getattr(model_sampling, "sigma_min", None)
+    return ModelFamily(False, None, None if sigma_min is None else float(sigma_min))
 
 
 def require_full_schedule(sigmas, who: str, advice: str) -> None:
@@ -53,8 +74,8 @@ def require_full_schedule(sigmas, who: str, advice: str) -> None:
 
 
 def model_dependent_options(model) -> dict:
-    flow = is_flow_model(find_model_sampling(model))
-    return {"data_end_sigma": FLOW_DATA_END_SIGMA if flow else None, "flow_model": flow}
+    family = model_family(find_model_sampling(model))
+    return {"data_end_sigma": family.data_end_sigma, "flow_model": family.flow}
 
 
 def comfy_sampler_function(sampler_fn):
@@ -120,3 +141,64 @@ def sample_like_custom_advanced(guider, sampler, sigmas, latent_image: dict, noi
     return guider.sample(noise.generate_noise(latent), latent["samples"], sampler, sigmas,
                          denoise_mask=latent.get("noise_mask"), callback=callback, disable_pbar=disable_pbar,
                          seed=noise.seed)
+
+
+class GuidedRun:
+    """What ``guider.sample`` hands a SAMPLER (the guided model wrapper, the sigmas, the noise and the latent), for
+    a plan to run samplers on exactly as a real run would: :meth:`sample` runs any SAMPLER, :meth:`call` a
+    samplers/ function."""
+
+    def __init__(self, model_wrap, sigmas, extra_args, noise, latent_image, denoise_mask, disable_pbar):
+        self.model_wrap, self.sigmas, self.extra_args = model_wrap, sigmas, extra_args
+        self.noise, self.latent_image, self.denoise_mask, self.disable_pbar = noise, latent_image, denoise_mask, \
+            disable_pbar
+        self.family = model_family(model_wrap.inner_model.model_sampling)
+
+    def sample(self, sampler, sigmas):
+        """The samples of ``sampler`` on ``sigmas`` from this run's noise (no callback, no progress bar)."""
+        return sampler.sample(self.model_wrap, sigmas.clone(), dict(self.extra_args), None, self.noise,
+                              self.latent_image, self.denoise_mask, True)
+
+    def call(self, function, sigmas=None, guidance=False) -> tuple:
+        """Run ``function(model, x, sigmas, extra_args, family, guidance) → (x, value)`` as ComfyUI runs a sampler
+        function (noise scaling, the inpainting wrapper; ``sigmas`` default this run's) and return ``(samples,
+        value)``, the samples as a SAMPLER returns them (after ComfyUI's inverse noise scaling).
+        ``family``: the :class:`ModelFamily`; ``guidance``: with ``guidance=True`` the source of each model call's
+        CFG guidance direction (a :class:`GuidanceProbe`), else None."""
+        values = []
+
+        def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
+            probe = GuidanceProbe() if guidance else None
+            if probe is not None:
+                extra_args = probe.installed(extra_args)
+            x, value = function(model, x, sigmas, extra_args, self.family, None if probe is None else probe.latest)
+            values.append(value)
+            return x
+
+        sigmas = self.sigmas if sigmas is None else sigmas
+        samples = comfy.samplers.KSAMPLER(sampler_function).sample(
+            self.model_wrap, sigmas, dict(self.extra_args), None, self.noise, self.latent_image, self.denoise_mask,
+            self.disable_pbar)
+        return samples, values[0]
+
+
+class PlanningSampler(comfy.samplers.Sampler):
+    """A SAMPLER that only plans: given to ``guider.sample``, it calls ``plan(GuidedRun)``, keeps what the plan
+    returns in ``result`` and returns the latent unchanged."""
+
+    def __init__(self, plan):
+        self.plan, self.result = plan, None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        self.result = self.plan(GuidedRun(model_wrap, sigmas, extra_args, noise, latent_image, denoise_mask,
+                                          disable_pbar))
+        return latent_image if latent_image is not None else noise
+
+
+def plan_with_guided_model(guider, sigmas, latent_image: dict, noise, plan):
+    """What ``plan(GuidedRun)`` returns when run inside ``guider.sample`` on ``sigmas`` from the NOISE object's noise
+    (:func:`sample_like_custom_advanced`): the one way planning nodes reach the real guided model."""
+    planner = PlanningSampler(plan)
+    sample_like_custom_advanced(guider, planner, sigmas, latent_image, noise)
+    return planner.result

@@ -5,16 +5,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import torch
 
 import comfy.samplers
 
 from .. import samplers as core
-from ..samplers import fitted_solver
+from ..samplers.fitted import FitSettings, fit_pipeline
 from .comfy_io import io
+from .comfy_sampling import comfy_sampler_function, plan_with_guided_model, require_full_schedule, with_guidance_probe
 from .model_identity import fit_provenance
-from .comfy_sampling import (comfy_sampler_function, find_model_sampling, reference_sigma_min, require_full_schedule,
-                             sample_like_custom_advanced, with_guidance_probe)
 
 FIXED_STEP_METHODS = ["euler", "heun", "midpoint", "ralston", "rk3", "rk4", "rk38"]
 CATEGORY = "FlowScope/samplers"
@@ -245,87 +243,35 @@ class FittedSolverSampler(io.ComfyNode):
                 guidance_history=2) -> io.NodeOutput:
         who = "FlowScope · Fitted Solver"
         require_full_schedule(sigmas, who, "fit a full schedule")
-        result = {}
-        planner = solver_fitter(result, prediction, order, history, reference_rtol,
-                                max_evaluations if optimize_schedule else 0, refine_iterations, guidance_history)
+        settings = FitSettings(prediction, order, history, reference_rtol,
+                               max_evaluations if optimize_schedule else 0, refine_iterations, guidance_history)
         try:
-            sample_like_custom_advanced(guider, planner, sigmas.cpu(), latent_image, noise)
+            result = plan_with_guided_model(guider, sigmas.cpu(), latent_image, noise, solver_fit_plan(settings))
         except ValueError as error:
             raise ValueError(f"{who}: {error}") from error
-        solver = dataclasses.replace(result["solver"], provenance=fit_provenance(guider, latent_image))
-        guided = (f", guidance history {solver.guidance_history} (CFG split)" if solver.guidance_history else
-                  ", no CFG split (unguided model)" if guidance_history else "")
-        report = (f"{len(sigmas) - 1} steps, {prediction} base of order {order}, history {history}{guided}: pilot "
-                  f"endpoint RMS error: base {solver.info['base_error']:.3e} → fitted {solver.info['error']:.3e}"
-                  f"{' (fit not better: base kept)' if solver.info['fallback'] else ''}; reference "
-                  f"{result['reference_nfe']} NFE")
-        if refine_iterations > 0:
-            refined = result["refinement"]
-            report += (f"; end-to-end refinement: {refined['error_before']:.3e} → {refined['error']:.3e} "
-                       f"(held-out half {refined['held_out_before']:.3e} → {refined['held_out']:.3e}, "
-                       f"{refined['iterations']} of {refine_iterations} iterations kept"
-                       f"{', ' + str(refined['moved_nodes']) + ' sigmas moved' if optimize_schedule else ''})")
-        if optimize_schedule:
-            search = result["schedule_search"]
-            report += (f"; schedule optimized for the fitted solver: input sigmas {search['base_error']:.3e} → "
-                       f"{search['error']:.3e} ({search['evaluations']} fits) — sample with this node's SIGMAS")
-        if solver.first_call != (1.0, 1.0):
-            report += f"; first model call at {fitted_solver.describe_first_call(solver.first_call)}"
+        final_error = result.refinement.error if result.refinement is not None else result.fit.error
+        pilot = {"pilot_error": f"{final_error:.3e}", "pilot_base_error": f"{result.fit.base_error:.3e}"}
+        solver = dataclasses.replace(result.solver, provenance={**fit_provenance(guider, latent_image), **pilot})
+        report = result.report(len(sigmas) - 1)
         logging.info("%s: %s", who, report)
-        fitted_sigmas = result["sigmas"].detach().cpu().to(sigmas.dtype)
+        fitted_sigmas = result.sigmas.detach().cpu().to(sigmas.dtype)
         return io.NodeOutput(fitted_solver_sampler(solver), report, fitted_sigmas)
 
 
-def solver_fitter(result: dict, prediction: str, order: int, history: int, reference_rtol: float,
-                  schedule_evaluations: int = 0, refine_iterations: int = 0, guidance_history: int = 2,
-                  first_call_starts=fitted_solver.FIRST_CALL_STARTS):
-    """A SAMPLER that only fits: run through ``guider.sample`` on the target sigmas it receives the scaled pilot
-    latent and the real guided model, computes the reference trajectory, stores the :class:`FittedSolver` in
-    ``result["solver"]`` and its grid in ``result["sigmas"]`` (reference NFE in ``result["reference_nfe"]``)
-    and returns the latent unchanged. ``schedule_evaluations`` > 0 also warps the grid
-    (:func:`~..samplers.fitted_solver.optimize_fitted`; its search statistics in ``result["schedule_search"]``);
-    ``refine_iterations`` > 0 then refines the coefficients end to end
-    (:func:`~..samplers.fitted_solver.refine_end_to_end`; statistics in ``result["refinement"]``) — with the
-    schedule search on, the σ nodes after the first too (``result["sigmas"]`` is then the refined grid) and the first
-    model call's (a, t); the search fits each grid with the first calls ``(r·x, r·σ_0)``, r in
-    ``first_call_starts``, and keeps the best.
-    ``guidance_history``: CFG guidance directions per step's features (:func:`~..samplers.fitted_solver.fit_solver`;
-    a :class:`~.comfy_sampling.GuidanceProbe` supplies them)."""
+def solver_fit_plan(settings: FitSettings):
+    """The plan (:func:`~.comfy_sampling.plan_with_guided_model`) of the Fitted Solver node: on the pilot latent
+    and the real guided model, :func:`~..samplers.fitted.fit_pipeline` with the model family's reference end and
+    σ = 0 end and the CFG guidance directions of a :class:`~.comfy_sampling.GuidanceProbe`. Returns its
+    :class:`~..samplers.fitted.FitResult`."""
 
-    def fit(model, x, sigmas, extra_args=None, callback=None, disable=None, data_end_sigma=None, guidance=None):
-        stats = {}
-        sigma_min = reference_sigma_min(find_model_sampling(model))
-        if schedule_evaluations > 0:
-            reference = fitted_solver.dense_reference(model, x, float(sigmas[0]), sigma_min, extra_args,
-                                                      rtol=reference_rtol, data_end_sigma=data_end_sigma, stats=stats)
-            search = {}
-            result["sigmas"], result["solver"] = fitted_solver.optimize_fitted(
-                model, x, sigmas, reference, extra_args, prediction, order, history, data_end_sigma,
-                max_evaluations=schedule_evaluations, info=search, guidance=guidance,
-                guidance_history=guidance_history, first_calls=[(r, r) for r in first_call_starts])
-            result["schedule_search"] = search
-            endpoint = reference.states[-1]
-        else:
-            targets = fitted_solver.reference_trajectory(model, x, sigmas, extra_args, rtol=reference_rtol,
-                                                         sigma_min=sigma_min, data_end_sigma=data_end_sigma,
-                                                         stats=stats)
-            result["solver"] = fitted_solver.fit_solver(model, x, sigmas, targets, extra_args, prediction, order,
-                                                        history, data_end_sigma, disable=disable, guidance=guidance,
-                                                        guidance_history=guidance_history)
-            result["sigmas"] = sigmas
-            endpoint = targets[-1]
-        if refine_iterations > 0:
-            result["refinement"] = {}
-            solver = fitted_solver.refine_end_to_end(model, x, result["sigmas"], endpoint, result["solver"],
-                                                     extra_args, refine_iterations, info=result["refinement"],
-                                                     move_grid=schedule_evaluations > 0, guidance=guidance,
-                                                     move_first_call=schedule_evaluations > 0)
-            result["sigmas"] = torch.tensor(solver.sigmas, dtype=result["sigmas"].dtype,
-                                            device=result["sigmas"].device)
-        result["reference_nfe"] = stats.get("nfe")
-        return x
+    def plan(run):
+        def fit(model, x, sigmas, extra_args, family, guidance):
+            return x, fit_pipeline(model, x, sigmas, settings, extra_args, sigma_min=family.reference_sigma_min,
+                                   data_end_sigma=family.data_end_sigma, guidance=guidance, disable=run.disable_pbar)
 
-    return comfy.samplers.KSAMPLER(comfy_sampler_function(with_guidance_probe(fit)))
+        return run.call(fit, guidance=True)[1]
+
+    return plan
 
 
 NODES = [RungeKuttaSampler, AdaptiveSampler, MultistepSampler, PredictorCorrectorSampler, OptimizerSampler, LangevinSampler,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Optional
 
 import comfy.model_management
 import comfy.samplers
@@ -9,30 +11,33 @@ import comfy.utils
 import torch
 
 from .. import samplers as core
-from ..samplers import schedule_optimization, schedules
+from ..samplers import reference, schedule_optimization
 from .comfy_io import io
-from .comfy_sampling import (FLOW_DATA_END_SIGMA, comfy_sampler_function, is_flow_model, reference_sigma_min,
-                             require_full_schedule, sample_like_custom_advanced)
+from .comfy_sampling import model_family, plan_with_guided_model, require_full_schedule
 
 CATEGORY = "FlowScope/schedulers"
 NODE_SCHEDULES = ["uniform", "sd3_shift", "flux_shift", "cosine", "linear_quadratic"]
 
 
-def model_schedule(model_sampling, schedule: str, steps: int, shift=3.0, width=1024, height=1024):
-    """A FlowScope schedule spanning the model's σ range (float32, ends in 0)."""
+def schedule_options(model_sampling, schedule: str, shift=3.0, width=1024, height=1024) -> dict:
+    """The options of ``samplers.SCHEDULES[schedule]`` for the model's σ range and the node's inputs: σ_max is the
+    model's (at most 1, the noise end, for the flow-only shifts); ``shift`` goes to sd3_shift, ``width``/``height``
+    to flux_shift, the model family to cosine."""
     sigma_max = float(model_sampling.sigma_max)
-    flow = is_flow_model(model_sampling)
-    if schedule == "uniform":
-        return schedules.uniform_sigmas(steps, sigma_max=sigma_max)
     if schedule == "sd3_shift":
-        return schedules.shifted_sigmas(steps, sigma_max=min(sigma_max, 1.0), shift=shift)
+        return dict(sigma_max=min(sigma_max, 1.0), shift=shift)
     if schedule == "flux_shift":
-        return schedules.flux_sigmas(steps, sigma_max=min(sigma_max, 1.0), width=width, height=height)
+        return dict(sigma_max=min(sigma_max, 1.0), width=width, height=height)
     if schedule == "cosine":
-        return schedules.cosine_sigmas(steps, sigma_max=sigma_max, flow=flow)
-    if schedule == "linear_quadratic":
-        return schedules.linear_quadratic_sigmas(steps, sigma_max=sigma_max)
-    raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(NODE_SCHEDULES)}")
+        return dict(sigma_max=sigma_max, flow=model_family(model_sampling).flow)
+    return dict(sigma_max=sigma_max)
+
+
+def model_schedule(model_sampling, schedule: str, steps: int, shift=3.0, width=1024, height=1024):
+    """A FlowScope schedule spanning the model's σ range (float32, ends in 0), from ``samplers.SCHEDULES``."""
+    if schedule not in NODE_SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(NODE_SCHEDULES)}")
+    return core.SCHEDULES[schedule](steps, **schedule_options(model_sampling, schedule, shift, width, height))
 
 
 def apply_denoise(make_sigmas, steps: int, denoise: float) -> torch.Tensor:
@@ -106,28 +111,23 @@ class TrajectoryAdaptiveScheduler(io.ComfyNode):
                 sampler_order) -> io.NodeOutput:
         model_sampling = guider.model_patcher.get_model_object("model_sampling")
         pilot_sigmas = comfy.samplers.calculate_sigmas(model_sampling, pilot_scheduler, pilot_steps).cpu()
-        result = {}
         try:
-            sample_like_custom_advanced(guider, trajectory_adaptive_pilot(model_sampling, steps, sampler_order,
-                                                                          result), pilot_sigmas, latent_image, noise)
+            plan = plan_with_guided_model(guider, pilot_sigmas, latent_image, noise,
+                                          trajectory_adaptive_pilot(steps, sampler_order))
         except ValueError as error:
             raise ValueError(f"FlowScope · Trajectory-Adaptive Scheduler: {error}") from error
-        return io.NodeOutput(result["sigmas"])
+        return io.NodeOutput(plan.sigmas)
 
 
-def trajectory_adaptive_pilot(model_sampling, steps: int, order: int, result: dict):
-    """A SAMPLER that only plans: run through ``guider.sample`` on the pilot sigmas, it solves the pilot with
-    the real guided model, stores the trajectory-adaptive σ grid in ``result["sigmas"]`` (and the pilot's
-    statistics in ``result``) and returns the latent unchanged."""
-    data_end_sigma = FLOW_DATA_END_SIGMA if is_flow_model(model_sampling) else None
+def trajectory_adaptive_pilot(steps: int, order: int):
+    """The plan (:func:`~.comfy_sampling.plan_with_guided_model`) of the Trajectory-Adaptive Scheduler: the pilot
+    solve on the real guided model from the pilot sigmas; returns its :class:`~..samplers.TrajectoryPlan`."""
 
-    def pilot(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        result["sigmas"] = core.trajectory_adaptive_sigmas(model, x, sigmas, steps, extra_args=extra_args,
-                                                           data_end_sigma=data_end_sigma, order=order,
-                                                           info=result)
-        return x
+    def pilot(model, x, sigmas, extra_args, family, guidance):
+        return x, core.trajectory_adaptive_plan(model, x, sigmas, steps, extra_args=extra_args,
+                                                data_end_sigma=family.data_end_sigma, order=order)
 
-    return comfy.samplers.KSAMPLER(pilot)
+    return lambda run: run.call(pilot)[1]
 
 
 class OptimizedSchedule(io.ComfyNode):
@@ -158,54 +158,58 @@ class OptimizedSchedule(io.ComfyNode):
                 reference_rtol) -> io.NodeOutput:
         who = "FlowScope · Optimized Schedule"
         require_full_schedule(sigmas, who, "optimize a full schedule, then split it")
-        result = {}
-        planner = ScheduleOptimizer(sampler, guider.model_patcher.get_model_object("model_sampling"),
-                                    knots, max_evaluations, reference_rtol, result)
-        sample_like_custom_advanced(guider, planner, sigmas.cpu(), latent_image, noise)
-        report = (f"{len(sigmas) - 1} steps, pilot endpoint RMS error: input sigmas {result['base_error']:.3e} → "
-                  f"optimized {result['error']:.3e} ({result['evaluations']} pilot runs; reference "
-                  f"{result['reference_nfe']} NFE)")
+        result = plan_with_guided_model(guider, sigmas.cpu(), latent_image, noise,
+                                        schedule_optimizer(sampler, knots, max_evaluations, reference_rtol))
+        search = result.search
+        report = (f"{len(sigmas) - 1} steps, pilot endpoint RMS error: input sigmas {search.base_error:.3e} → "
+                  f"optimized {search.error:.3e} ({search.evaluations} pilot runs; reference "
+                  f"{result.reference_nfe} NFE)")
         logging.info("%s: %s", who, report)
-        return io.NodeOutput(result["sigmas"], report)
+        return io.NodeOutput(result.sigmas, report)
 
 
-class ScheduleOptimizer(comfy.samplers.Sampler):
-    """A SAMPLER that only plans (see :class:`OptimizedSchedule`): given to ``guider.sample`` with the base
-    sigmas, it runs the reference and the candidate sampler through their own ``sample`` (so noise scaling,
-    the model wrapper and the latent are exactly those of a real run), stores the optimized grid and its
-    statistics in ``result`` and returns the latent unchanged. ``reference`` (optional) is a precomputed
-    reference endpoint for the same noise (the benchmark reuses one per problem)."""
+@dataclass(frozen=True)
+class OptimizedScheduleResult:
+    """The Optimized Schedule's plan's result: the grid (dtype of the input sigmas), the search, the reference
+    solve's model calls (None when a precomputed reference was given)."""
+    sigmas: torch.Tensor
+    search: schedule_optimization.ScheduleSearch
+    reference_nfe: Optional[int]
 
-    def __init__(self, candidate, model_sampling, knots, max_evaluations, reference_rtol, result, reference=None):
-        self.candidate, self.knots, self.max_evaluations = candidate, knots, max_evaluations
-        self.reference_rtol, self.result = reference_rtol, result
-        self.sigma_min = reference_sigma_min(model_sampling)
-        self.reference = reference
 
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
-        stats = {}
-        reference_sigmas = schedule_optimization.reference_sigmas(sigmas[0], self.sigma_min).to(sigmas.dtype)
-        reference_sampler = comfy.samplers.KSAMPLER(comfy_sampler_function(core.sample_adaptive), extra_options=dict(
-            **schedule_optimization.reference_options(self.reference_rtol), stats=stats))
+def schedule_optimizer(candidate, knots, max_evaluations, reference_rtol, endpoint=None):
+    """The plan (:func:`~.comfy_sampling.plan_with_guided_model`) of the Optimized Schedule node: on the base
+    sigmas, the reference solve (:func:`~..samplers.reference.reference_solve`; or ``endpoint``, a precomputed
+    reference for the same noise) and the candidate SAMPLER through its own ``sample`` (so noise scaling, the model
+    wrapper and the latent are exactly those of a real run), then
+    :func:`~..samplers.schedule_optimization.optimize_schedule`. Returns an :class:`OptimizedScheduleResult`."""
 
-        def run(sampler, grid):
-            return sampler.sample(model_wrap, grid.clone(), dict(extra_args), None, noise, latent_image,
-                                  denoise_mask, True)
+    def plan(run):
+        sigmas = run.sigmas
+        reference_nfe = None
+        reference_end = endpoint
+        if reference_end is None:
+            def solve(model, x, grid, extra_args, family, guidance):
+                return core.solve_adaptive(model, x, grid, extra_args=extra_args, disable=True,
+                                           data_end_sigma=family.data_end_sigma,
+                                           **reference.reference_options(reference_rtol))
 
-        reference = self.reference if self.reference is not None else run(reference_sampler, reference_sigmas)
-        progress = comfy.utils.ProgressBar(self.max_evaluations)
+            grid = reference.reference_sigmas(sigmas[0], run.family.reference_sigma_min).to(sigmas.dtype)
+            reference_end, stats = run.call(solve, sigmas=grid)
+            reference_nfe = stats.nfe
+        progress = comfy.utils.ProgressBar(max_evaluations)
 
         def error_of(grid):
             comfy.model_management.throw_exception_if_processing_interrupted()
-            samples = run(self.candidate, grid.to(sigmas.dtype))
+            samples = run.sample(candidate, grid.to(sigmas.dtype))
             progress.update(1)
-            return float((samples - reference).double().pow(2).mean().sqrt())
+            return float((samples - reference_end).double().pow(2).mean().sqrt())
 
-        optimized = schedule_optimization.optimize_schedule(error_of, sigmas, knots=self.knots,
-                                                            max_evaluations=self.max_evaluations, info=self.result)
-        self.result.update(sigmas=optimized.to(sigmas.dtype), reference_nfe=stats.get("nfe"))
-        return latent_image if latent_image is not None else noise
+        search = schedule_optimization.optimize_schedule(error_of, sigmas, knots=knots,
+                                                         max_evaluations=max_evaluations)
+        return OptimizedScheduleResult(search.sigmas.to(sigmas.dtype), search, reference_nfe)
+
+    return plan
 
 
 NODES = [Scheduler, TrajectoryAdaptiveScheduler, OptimizedSchedule]

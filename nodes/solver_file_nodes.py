@@ -1,5 +1,5 @@
 """Save Fitted Solver and Load Fitted Solver: a Fitted Solver's SAMPLER written to a small ``.safetensors`` file
-(samplers/solver_file.py) and read back as SAMPLER + SIGMAS, so a fit is paid once per model and reused.
+(samplers/fitted/storage.py) and read back as SAMPLER + SIGMAS, so a fit is paid once per model and reused.
 
 Files go to the ``flowscope_solvers`` model folder (``models/flowscope_solvers``, registered with ``folder_paths``;
 ``extra_model_paths.yaml`` may add more) or to ComfyUI's output folder. The provenance the Fitted Solver node
@@ -15,8 +15,8 @@ import comfy.samplers
 import folder_paths
 import torch
 
-from ..samplers.fitted_solver import FittedSolver
-from ..samplers.solver_file import SolverFileError, load_solver, save_solver
+from ..samplers.fitted import FittedSolver
+from ..samplers.fitted.storage import SolverFileError, load_solver, save_solver
 from .comfy_io import io
 from .model_identity import model_mismatch, model_provenance
 from .sampler_nodes import fitted_solver_sampler
@@ -42,12 +42,12 @@ def fitted_solver_of(sampler, who: str) -> FittedSolver:
     return solver
 
 
-def describe(solver: FittedSolver, provenance: dict) -> str:
-    pilot = solver.info
-    fitted = ", ".join(f"{key} {provenance[key]}" for key in ("model", "model_sampling", "cfg", "latent_shape")
-                       if key in provenance)
-    error = (f"; pilot error {pilot['error']:.3e} (base {pilot['base_error']:.3e})"
-             if "error" in pilot and "base_error" in pilot else "")
+def describe(solver: FittedSolver) -> str:
+    recorded = solver.provenance
+    fitted = ", ".join(f"{key} {recorded[key]}" for key in ("model", "model_sampling", "cfg", "latent_shape")
+                       if key in recorded)
+    error = (f"; pilot error {recorded['pilot_error']} (base {recorded['pilot_base_error']})"
+             if "pilot_error" in recorded and "pilot_base_error" in recorded else "")
     return (f"{len(solver.sigmas) - 1} steps from σ = {solver.sigmas[0]:.4g}, {solver.prediction} base of order "
             f"{solver.order}, history {solver.history}{error}; fitted for {fitted or 'an unrecorded model'}")
 
@@ -81,7 +81,7 @@ class SaveFittedSolver(io.ComfyNode):
         path = os.path.join(directory, f"{name}_{counter:05}_.safetensors")
         save_solver(solver, path)
         listed = os.path.join(subfolder, os.path.basename(path))
-        logging.info("%s: wrote %s (%s)", cls.NAME, path, describe(solver, solver.provenance))
+        logging.info("%s: wrote %s (%s)", cls.NAME, path, describe(solver))
         return io.NodeOutput(path, ui={"text": [listed]})
 
 
@@ -114,7 +114,7 @@ class LoadFittedSolver(io.ComfyNode):
             solver = load_solver(path)
         except SolverFileError as error:
             raise ValueError(f"{cls.NAME}, input 'solver_file': {error}") from error
-        report = describe(solver, solver.provenance)
+        report = describe(solver)
         mismatch = model_mismatch(solver.provenance, model_provenance(model)) if model is not None else ""
         if mismatch:
             report = f"WARNING: {mismatch}. " + report

@@ -18,7 +18,7 @@ Never hangs. Before every attempt the sampler checks that, even if the attempt i
 evaluations left (``max_nfe``, or ``nfe_budget`` when smaller) still pay for finishing with fixed steps of
 the same pair on the remaining grid points. When they would not, or when the proposed step falls below
 ``min_step`` (an unreachable tolerance), it finishes with fixed steps on the remaining grid, warns
-(``warnings.warn``, max_nfe/min_step) and records ``fallback`` in ``stats``. Total NFE ≤ max(limit, cost of a
+(``warnings.warn``, max_nfe/min_step) and reports the ``fallback`` in its :class:`AdaptiveStats`. Total NFE ≤ max(limit, cost of a
 fixed solve on the given grid), and ≤ the limit whenever the limit covers at least one step: when even the
 fixed finish does not fit, the remaining grid is thinned (linear in grid index) to the affordable number of
 steps.
@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -45,7 +46,7 @@ from .common import (ModelDerivative, Progress, SigmaSteps, check_choice, half_c
                      validate_data_end_sigma, validate_latent)
 from .runge_kutta import rk_step
 from .step_control import PIController
-from .tableaux import get_tableau
+from .tableaux import DOPRI5_DENSE, get_tableau
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +61,6 @@ def scaled_error(error: torch.Tensor, x: torch.Tensor, x_new: torch.Tensor, rtol
     squared = (error / scale).reshape(x.shape[0], -1).pow(2)
     norm = squared.mean(1).sqrt().max() if per_sample else squared.mean().sqrt()
     return float(norm)
-
-
-# Dormand–Prince continuous extension of order 4 (Hairer, Nørsett & Wanner I, §II.6; dopri5.f ``contd5``).
-_DOPRI5_DENSE = (-12715105075 / 11282082432, 0.0, 87487479700 / 32700410799, -10690763975 / 1880347072,
-                 701980252875 / 199316789632, -1453857185 / 822651844, 69997945 / 29380423)
 
 
 def _dense_output(sigma, a, b, tableau, evaluations):
@@ -90,7 +86,7 @@ def _dense_output(sigma, a, b, tableau, evaluations):
         slope_a = ev_a.derivative * h - difference
         curvature = difference - ev_b.derivative * h - slope_a
         correction = None
-        for weight, evaluation in zip(_DOPRI5_DENSE, evaluations):
+        for weight, evaluation in zip(DOPRI5_DENSE, evaluations):
             if weight != 0.0:
                 term = evaluation.derivative * (weight * h)
                 correction = term if correction is None else correction + term
@@ -116,15 +112,39 @@ def _thin(points: list, steps: int) -> list:
     return out
 
 
+@dataclass(frozen=True)
+class AdaptiveStats:
+    """What an adaptive solve did: model calls (``nfe``), accepted and rejected steps, the ``fallback`` that ended
+    the adaptive part (None, "max_nfe", "nfe_budget" or "min_step") and the fixed steps of the finish after it."""
+    nfe: int
+    accepted: int
+    rejected: int
+    fallback: Optional[str]
+    fixed_steps: int
+    method: str
+    rtol: float
+    atol: float
+
+
 def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=None, method="dopri5",
                     rtol=1e-3, atol=1e-4, error_norm="batch", max_nfe=1000, nfe_budget=None, min_step=None,
-                    initial_step=None, data_end_sigma=None, stats=None, controller: Optional[PIController] = None):
-    """Adaptive embedded-pair sampler (Bogacki & Shampine 1989; Dormand & Prince 1980; PI control after
+                    initial_step=None, data_end_sigma=None, controller: Optional[PIController] = None):
+    """The k-diffusion-signature sampler of :func:`solve_adaptive`: the same options, the final state only."""
+    return solve_adaptive(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                          method=method, rtol=rtol, atol=atol, error_norm=error_norm, max_nfe=max_nfe,
+                          nfe_budget=nfe_budget, min_step=min_step, initial_step=initial_step,
+                          data_end_sigma=data_end_sigma, controller=controller)[0]
+
+
+def solve_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=None, method="dopri5",
+                   rtol=1e-3, atol=1e-4, error_norm="batch", max_nfe=1000, nfe_budget=None, min_step=None,
+                   initial_step=None, data_end_sigma=None, controller: Optional[PIController] = None):
+    """Adaptive embedded-pair solve, returning ``(x, AdaptiveStats)`` (Bogacki & Shampine 1989; Dormand & Prince 1980; PI control after
     Gustafsson 1991). See the module docstring for the grid, the norm, the caps and the budget mode.
 
     Options: ``method`` ("dopri5" | "bosh3"), ``rtol``, ``atol``, ``error_norm`` ("batch" | "per_sample"),
     ``max_nfe``, ``nfe_budget``, ``min_step`` (absolute σ; default 1e-6·|σ_0 − σ_end|), ``initial_step``,
-    ``data_end_sigma``, ``stats`` (dict filled with nfe, accepted, rejected, fallback, fixed_steps),
+    ``data_end_sigma``,
     ``controller`` (a :class:`PIController`; default for the pair's error order).
     """
     who = f"fs_{method}" if isinstance(method, str) else "sample_adaptive"
@@ -148,10 +168,8 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
         raise ValueError(f"{who}: {name} = {limit} is below the {1 + step_cost} model evaluations one "
                          f"{tableau.name} step needs")
     if steps.steps == 0:  # every σ equal: nothing to integrate
-        if stats is not None:
-            stats.update(nfe=0, accepted=0, rejected=0, fallback=None, fixed_steps=0, method=tableau.name,
-                         rtol=rtol, atol=atol)
-        return steps.finish(x)
+        return steps.finish(x), AdaptiveStats(nfe=0, accepted=0, rejected=0, fallback=None, fixed_steps=0,
+                                              method=tableau.name, rtol=rtol, atol=atol)
     span = grid[0] - grid[-1]
     min_step = 1e-6 * span if min_step is None else float(min_step)
     if not (math.isfinite(min_step) and min_step > 0):
@@ -252,23 +270,21 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
         else:
             x = x + first.derivative * (0.0 - sigma)  # = D(x, σ): the first-order data-end step
     progress.close()
-    summary = dict(nfe=derivative.nfe, accepted=accepted, rejected=rejected, fallback=fallback,
-                   fixed_steps=fixed_steps, method=tableau.name, rtol=rtol, atol=atol)
-    logger.info("%s: %d NFE, %d accepted, %d rejected, fallback=%s, %d fixed steps", who, summary["nfe"],
+    summary = AdaptiveStats(nfe=derivative.nfe, accepted=accepted, rejected=rejected, fallback=fallback,
+                            fixed_steps=fixed_steps, method=tableau.name, rtol=rtol, atol=atol)
+    logger.info("%s: %d NFE, %d accepted, %d rejected, fallback=%s, %d fixed steps", who, summary.nfe,
                 accepted, rejected, fallback, fixed_steps)
-    if stats is not None:
-        stats.update(summary)
-    return steps.finish(x)
+    return steps.finish(x), summary
 
 
 def _named(method):
     def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, rtol=1e-3, atol=1e-4,
                 error_norm="batch", max_nfe=1000, nfe_budget=None, min_step=None, initial_step=None,
-                data_end_sigma=None, stats=None):
+                data_end_sigma=None):
         return sample_adaptive(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                                method=method, rtol=rtol, atol=atol, error_norm=error_norm, max_nfe=max_nfe,
                                nfe_budget=nfe_budget, min_step=min_step, initial_step=initial_step,
-                               data_end_sigma=data_end_sigma, stats=stats)
+                               data_end_sigma=data_end_sigma)
 
     sampler.__name__ = sampler.__qualname__ = f"sample_fs_{method}"
     sampler.__doc__ = f"Adaptive {method} with PI step control; see :func:`sample_adaptive`."

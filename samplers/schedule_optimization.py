@@ -10,9 +10,10 @@ error of *the sampler that will be used* against a tight reference solve from pi
   a piecewise-linear increasing map ``w: [0, 1] → [0, 1]`` with ``K`` pieces of slopes ``∝ e^{θ_k}`` moves the
   N − 1 interior points; ``θ = 0`` returns the base exactly and σ_0 and the final 0 never move.
 - :func:`nelder_mead` — the derivative-free simplex method (Nelder & Mead 1965) on ``log error(θ)``.
-- :func:`optimize_schedule` — both together, keeping the best grid seen (never worse than the base).
-- :func:`pilot_reference` — the reference endpoint: adaptive Dormand–Prince at a tight tolerance
-  (:func:`reference_sigmas` and :func:`reference_options`, shared with the node and the quality benchmark).
+- :func:`optimize_schedule` — both together, keeping the best grid seen (never worse than the base), returned
+  with the search's numbers as a :class:`ScheduleSearch`.
+
+The reference endpoint the error is measured against is :func:`~.reference.reference_solve`.
 
 The optimized grid is as good as the pilot is representative: use pilot noise of the same shape and
 conditioning as the real run (a different seed generalizes; the benchmark checks exactly that).
@@ -20,10 +21,10 @@ conditioning as the real run (a different seed generalizes; the benchmark checks
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from .adaptive import sample_adaptive
 from .common import validate_sigmas
 
 
@@ -100,12 +101,23 @@ def nelder_mead(objective, start, step=0.5, max_evaluations=150, tolerance=1e-4)
     return points[best], values[best], evaluations
 
 
-def optimize_schedule(error_of, base_sigmas, knots=6, max_evaluations=150, info=None) -> torch.Tensor:
-    """Warp ``base_sigmas`` to minimize ``error_of(sigmas) → float`` (endpoint error of a pilot run).
+@dataclass(frozen=True)
+class ScheduleSearch:
+    """The result of :func:`optimize_schedule`: the best grid seen (float64), the error of the base grid and of the
+    best one, the objective evaluations made and the warp's log-slopes ``theta`` of the best grid."""
+    sigmas: torch.Tensor
+    base_error: float
+    error: float
+    evaluations: int
+    theta: list
+
+
+def optimize_schedule(error_of, base_sigmas, knots=6, max_evaluations=150) -> ScheduleSearch:
+    """Warp ``base_sigmas`` to minimize ``error_of(sigmas) → float`` (endpoint error of a pilot run) by Nelder–Mead
+    on the log error over the warp's log-slopes (:func:`warp_schedule`, :func:`nelder_mead`).
 
     ``knots`` warp pieces (at most the number of steps), ``max_evaluations`` pilot runs. Non-finite errors
-    count as infinitely bad. Returns the best grid seen (float64); ``info`` (a dict) receives
-    ``base_error``, ``error``, ``evaluations`` and ``theta``.
+    count as infinitely bad.
     """
     grid = validate_sigmas(base_sigmas, "optimize_schedule")
     if knots < 1:
@@ -126,30 +138,8 @@ def optimize_schedule(error_of, base_sigmas, knots=6, max_evaluations=150, info=
     evaluations = 1
     if len(grid) > 2 and max_evaluations > 1 and math.isfinite(base_value):
         _, _, evaluations = nelder_mead(objective, [0.0] * knots, max_evaluations=max_evaluations)
-    if info is not None:
-        info.update(base_error=math.exp(base_value) if math.isfinite(base_value) else math.inf,
-                    error=math.exp(best["value"]) if math.isfinite(best["value"]) else math.inf,
-                    evaluations=evaluations, theta=best["theta"])
-    return warp_schedule(grid, best["theta"])
+    return ScheduleSearch(sigmas=warp_schedule(grid, best["theta"]),
+                          base_error=math.exp(base_value) if math.isfinite(base_value) else math.inf,
+                          error=math.exp(best["value"]) if math.isfinite(best["value"]) else math.inf,
+                          evaluations=evaluations, theta=best["theta"])
 
-
-def reference_sigmas(sigma_start, sigma_min=None) -> torch.Tensor:
-    """The grid of a reference solve (float64): ``[σ_start, σ_min, 0]`` for VE/EPS models, whose schedules end
-    ``σ_min → 0``, else ``[σ_start, 0]`` (flow models: ``sigma_min=None``; also when σ_min ≥ σ_start)."""
-    keep_min = sigma_min is not None and float(sigma_min) < float(sigma_start)
-    end = [float(sigma_min), 0.0] if keep_min else [0.0]
-    return torch.tensor([float(sigma_start), *end], dtype=torch.float64)
-
-
-def reference_options(rtol: float, max_nfe: int = 100000) -> dict:
-    """Options of :func:`~.adaptive.sample_adaptive` for a reference solve: Dormand–Prince 5(4) with
-    per-sample error control at ``rtol``, ``atol = rtol/10``."""
-    return dict(method="dopri5", rtol=rtol, atol=rtol / 10, error_norm="per_sample", max_nfe=max_nfe)
-
-
-def pilot_reference(model, x, sigma_max, sigma_min=None, extra_args=None, rtol=1e-5, data_end_sigma=None,
-                    max_nfe=100000, stats=None) -> torch.Tensor:
-    """The probability-flow endpoint from ``x`` at ``sigma_max``: :func:`reference_options` on
-    :func:`reference_sigmas` (down to ``sigma_min`` for VE/EPS models, then to σ = 0 as every sampler ends)."""
-    return sample_adaptive(model, x, reference_sigmas(sigma_max, sigma_min), extra_args=extra_args, disable=True,
-                           data_end_sigma=data_end_sigma, stats=stats, **reference_options(rtol, max_nfe))

@@ -9,6 +9,7 @@ model and is therefore not in ``SCHEDULES``. Validation helpers shared by all sa
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -18,7 +19,8 @@ from .tableaux import EULER, HEUN
 
 __all__ = ["validate_sigmas", "validate_latent", "uniform_sigmas", "sd3_shift", "shifted_sigmas",
            "flux_mu", "flux_shift", "flux_sigmas", "cosine_sigmas", "linear_quadratic_sigmas",
-           "karras_sigmas", "exponential_sigmas", "trajectory_adaptive_sigmas", "SCHEDULES", "SCHEDULE_INFO"]
+           "karras_sigmas", "exponential_sigmas", "trajectory_adaptive_sigmas", "trajectory_adaptive_plan",
+           "TrajectoryPlan", "SCHEDULES", "SCHEDULE_INFO"]
 
 
 def _check_steps(steps, who):
@@ -234,8 +236,26 @@ def _per_sample_rms(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).pow(2).mean(1).sqrt()
 
 
+@dataclass(frozen=True)
+class TrajectoryPlan:
+    """The result of :func:`trajectory_adaptive_plan`: the new grid, the pilot's model calls, its grid (without
+    repeats), its local error and the step density per pilot interval."""
+    sigmas: torch.Tensor
+    pilot_nfe: int
+    pilot_sigmas: list
+    local_error: list
+    density: list
+
+
 def trajectory_adaptive_sigmas(model, x, pilot_sigmas, steps, extra_args=None, data_end_sigma=None,
-                               order=1, density_floor=0.05, info=None, dtype=torch.float32):
+                               order=1, density_floor=0.05, dtype=torch.float32) -> torch.Tensor:
+    """The grid of :func:`trajectory_adaptive_plan` alone."""
+    return trajectory_adaptive_plan(model, x, pilot_sigmas, steps, extra_args, data_end_sigma, order,
+                                    density_floor, dtype).sigmas
+
+
+def trajectory_adaptive_plan(model, x, pilot_sigmas, steps, extra_args=None, data_end_sigma=None,
+                             order=1, density_floor=0.05, dtype=torch.float32) -> TrajectoryPlan:
     """Place ``steps`` steps where a pilot trajectory of ``model`` from ``x`` errs most.
 
     A pilot Heun solve on ``pilot_sigmas`` (2 NFE per pilot interval) yields per interval j the local
@@ -248,7 +268,6 @@ def trajectory_adaptive_sigmas(model, x, pilot_sigmas, steps, extra_args=None, d
     ``pilot_sigmas[0]``, ends in 0 and is strictly decreasing. ``pilot_sigmas`` must end in 0; equal consecutive
     pilot σ are dropped (:class:`~.common.SigmaSteps`); an interval
     ending at σ = 0 without ``data_end_sigma`` (no Heun estimate there) takes its neighbour's density.
-    ``info`` (a dict) receives ``pilot_nfe``, ``local_error``, ``density`` and the pilot grid (without repeats).
     The Heun–Euler difference is taken from the two stage derivatives, ``(h/2)(d₂ − d₁)``, in float32 for a
     half-precision latent (float64 for float64): as a difference of two states it would cancel to the
     latent's rounding.
@@ -309,7 +328,5 @@ def trajectory_adaptive_sigmas(model, x, pilot_sigmas, steps, extra_args=None, d
         fraction = (level - cumulative[j]) / (cumulative[j + 1] - cumulative[j])
         sigmas.append(grid[j] - fraction * widths[j])
     sigmas.append(0.0)
-    if info is not None:
-        info.update(pilot_nfe=derivative.nfe, pilot_sigmas=list(grid), local_error=local_error,
-                    density=density)
-    return torch.tensor(sigmas, dtype=torch.float64).to(dtype)
+    return TrajectoryPlan(sigmas=torch.tensor(sigmas, dtype=torch.float64).to(dtype), pilot_nfe=derivative.nfe,
+                          pilot_sigmas=list(grid), local_error=local_error, density=density)

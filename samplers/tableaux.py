@@ -175,6 +175,12 @@ DOPRI5 = ButcherTableau(
     b=_DOPRI5_B, c=(0, F(1, 5), F(3, 10), F(4, 5), F(8, 9), 1, 1), order=5,
     b_error=tuple(x - y for x, y in zip(_DOPRI5_B, _DOPRI5_BHAT)), error_order=4, fsal=True)
 
+# DOPRI5's continuous extension of order 4 (Hairer, Nørsett & Wanner, *Solving Ordinary Differential Equations I*,
+# 2nd ed., §II.6, and their dopri5.f, ``contd5``): the weights of the seven stage derivatives in the fifth
+# Hermite-type coefficient of the dense output (see :func:`~.adaptive._dense_output`).
+DOPRI5_DENSE = (-12715105075 / 11282082432, 0.0, 87487479700 / 32700410799, -10690763975 / 1880347072,
+                701980252875 / 199316789632, -1453857185 / 822651844, 69997945 / 29380423)
+
 TABLEAUX: dict[str, ButcherTableau] = {
     t.name: t for t in (EULER, HEUN, MIDPOINT, RALSTON, RK3, RK4, RK38, BOSH3, DOPRI5)
 }

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.unit.analytic_problems import DATA_END_SIGMA, rms, uniform
-from samplers.adaptive import sample_adaptive
+from samplers.adaptive import sample_adaptive, sample_fs_dopri5, solve_adaptive
 from samplers.runge_kutta import sample_rk
 from samplers.step_control import PIController
 
@@ -15,10 +15,18 @@ from samplers.step_control import PIController
 def adaptive(problem, sigmas=None, **options):
     options.setdefault("data_end_sigma", DATA_END_SIGMA)
     options.setdefault("disable", True)
-    stats = {}
-    out = sample_adaptive(problem.model, problem.noise, uniform(10) if sigmas is None else sigmas,
-                          stats=stats, **options)
-    return out, stats
+    return solve_adaptive(problem.model, problem.noise, uniform(10) if sigmas is None else sigmas, **options)
+
+
+def test_the_sampler_returns_the_state_of_the_solve(problem):
+    """sample_adaptive (the k-diffusion signature) and fs_dopri5 give exactly the state solve_adaptive returns."""
+    out, stats = adaptive(problem, rtol=1e-5, atol=1e-5)
+    assert stats.nfe == 1 + 6 * (stats.accepted + stats.rejected) and stats.method == "dopri5"
+    same = sample_adaptive(problem.model, problem.noise, uniform(10), data_end_sigma=DATA_END_SIGMA, disable=True,
+                           rtol=1e-5, atol=1e-5)
+    assert torch.equal(out, same)
+    assert torch.equal(out, sample_fs_dopri5(problem.model, problem.noise, uniform(10), data_end_sigma=DATA_END_SIGMA,
+                                             disable=True, rtol=1e-5, atol=1e-5))
 
 
 @pytest.mark.parametrize("method", ["bosh3", "dopri5"])
@@ -30,18 +38,18 @@ def test_tolerance_is_reached_and_nfe_reported(problem, method):
         out, stats = adaptive(problem, method=method, rtol=tol, atol=tol, max_nfe=20000)
         error = rms(out, problem.reference)
         assert error <= 10 * tol, (method, tol, error, stats)
-        assert stats["fallback"] is None and stats["accepted"] > 0
+        assert stats.fallback is None and stats.accepted > 0
         per_step = 6 if method == "dopri5" else 3
-        assert stats["nfe"] == 1 + per_step * (stats["accepted"] + stats["rejected"])
+        assert stats.nfe == 1 + per_step * (stats.accepted + stats.rejected)
         errors.append(error)
-        nfes.append(stats["nfe"])
+        nfes.append(stats.nfe)
     assert errors[0] > errors[1] > errors[2] and nfes[0] < nfes[1] < nfes[2]
 
 
 def test_dopri5_is_cheaper_than_bosh3_at_tight_tolerance(problem):
     _, fifth = adaptive(problem, method="dopri5", rtol=1e-8, atol=1e-8, max_nfe=20000)
     _, third = adaptive(problem, method="bosh3", rtol=1e-8, atol=1e-8, max_nfe=20000)
-    assert fifth["nfe"] < third["nfe"] / 3
+    assert fifth.nfe < third.nfe / 3
 
 
 def test_callback_fires_once_per_grid_point_with_dense_output(problem):
@@ -54,7 +62,7 @@ def test_callback_fires_once_per_grid_point_with_dense_output(problem):
     sample_rk(problem.model, problem.noise, uniform(1000), method="rk4", data_end_sigma=DATA_END_SIGMA,
               disable=True, callback=lambda c: reference.append(c["x"]) if c["i"] % 100 == 0 else None)
     assert [c["i"] for c in seen] == list(range(10))
-    assert stats["accepted"] != 10  # the steps did not follow the grid
+    assert stats.accepted != 10  # the steps did not follow the grid
     for c in seen:
         assert c["sigma"] == sigmas[c["i"]]
         assert rms(c["x"], reference[c["i"]]) < 2e-6, c["i"]
@@ -64,21 +72,21 @@ def test_callback_fires_once_per_grid_point_with_dense_output(problem):
 def test_max_nfe_cap_warns_and_returns_finite_values(problem):
     with pytest.warns(RuntimeWarning, match=r"fs_dopri5: max_nfe = 120 would be exceeded .* Increase max_nfe"):
         out, stats = adaptive(problem, rtol=1e-10, atol=1e-10, max_nfe=120)
-    assert torch.isfinite(out).all() and stats["fallback"] == "max_nfe"
-    assert stats["nfe"] <= 120 and stats["fixed_steps"] >= 1
+    assert torch.isfinite(out).all() and stats.fallback == "max_nfe"
+    assert stats.nfe <= 120 and stats.fixed_steps >= 1
     assert rms(out, problem.reference) < 1e-3  # the fixed finish is still a 5th-order solve
 
 
 def test_impossible_tolerance_is_bounded_and_warned(problem):
     with pytest.warns(RuntimeWarning, match="fs_bosh3"):
         out, stats = adaptive(problem, method="bosh3", rtol=1e-15, atol=1e-15, max_nfe=400)
-    assert torch.isfinite(out).all() and stats["nfe"] <= 400 and stats["fallback"] is not None
+    assert torch.isfinite(out).all() and stats.nfe <= 400 and stats.fallback is not None
 
 
 def test_min_step_floor_warns(problem):
     with pytest.warns(RuntimeWarning, match=r"fell below min_step = 0\.05 .* is not reachable here"):
         out, stats = adaptive(problem, rtol=1e-12, atol=1e-12, min_step=0.05)
-    assert stats["fallback"] == "min_step" and torch.isfinite(out).all()
+    assert stats.fallback == "min_step" and torch.isfinite(out).all()
 
 
 def test_a_failing_model_does_not_hang(problem):
@@ -88,16 +96,14 @@ def test_a_failing_model_does_not_hang(problem):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        stats = {}
-        sample_adaptive(broken, problem.noise, uniform(10), data_end_sigma=1e-4, max_nfe=300, stats=stats,
-                        disable=True)
-    assert stats["nfe"] <= 300 and stats["rejected"] > 0 and caught
+        _, stats = solve_adaptive(broken, problem.noise, uniform(10), data_end_sigma=1e-4, max_nfe=300, disable=True)
+    assert stats.nfe <= 300 and stats.rejected > 0 and caught
 
 
 @pytest.mark.parametrize("budget", [8, 20, 50, 100, 300])
 def test_nfe_budget_is_never_exceeded(problem, budget):
     out, stats = adaptive(problem, rtol=1e-9, atol=1e-9, nfe_budget=budget)
-    assert stats["nfe"] <= budget and torch.isfinite(out).all()
+    assert stats.nfe <= budget and torch.isfinite(out).all()
 
 
 def test_nfe_budget_buys_accuracy(problem):
@@ -112,7 +118,7 @@ def test_per_sample_norm_is_at_least_as_strict(problem):
     tol = 1e-6
     out_batch, batch = adaptive(problem, rtol=tol, atol=tol)
     out_each, each = adaptive(problem, rtol=tol, atol=tol, error_norm="per_sample")
-    assert each["nfe"] >= batch["nfe"]
+    assert each.nfe >= batch.nfe
     per_sample = (out_each - problem.reference).pow(2).mean(1).sqrt()
     assert per_sample.max().item() <= 10 * tol
 

@@ -6,7 +6,8 @@ import torch
 
 from samplers import SAMPLERS
 from samplers.common import SigmaSteps
-from samplers.fitted_solver import fit_solver, reference_trajectory, refine_end_to_end, sample_fitted
+from samplers.fitted import fit_solver, refine_end_to_end, sample_fitted
+from samplers.reference import reference_trajectory
 from samplers.schedule_optimization import optimize_schedule, warp_schedule
 from samplers.schedules import trajectory_adaptive_sigmas
 from tests.unit.analytic_problems import DATA_END_SIGMA, denoiser_of, make_mixture, uniform
@@ -160,19 +161,17 @@ def test_the_fitted_solver_fits_and_samples_a_grid_with_repeats_as_the_grid_with
     pilot = torch.randn(8, 6, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
     plain = uniform(5)
     repeated = torch.cat([plain[:3], plain[2:3], plain[3:], plain[-1:]])  # a middle repeat and a repeated final 0
-    plain_targets = reference_trajectory(model, pilot, plain, rtol=1e-8, data_end_sigma=DATA_END_SIGMA)
-    targets = reference_trajectory(model, pilot, repeated, rtol=1e-8, data_end_sigma=DATA_END_SIGMA)
+    plain_targets, _ = reference_trajectory(model, pilot, plain, rtol=1e-8, data_end_sigma=DATA_END_SIGMA)
+    targets, _ = reference_trajectory(model, pilot, repeated, rtol=1e-8, data_end_sigma=DATA_END_SIGMA)
     assert len(targets) == len(repeated) - 1
     assert torch.equal(targets[2], targets[1]) and torch.equal(targets[-2], targets[-1])  # equal σ, equal states
     solver = fit_solver(model, pilot, repeated, targets, prediction="velocity", order=2, history=3,
-                        data_end_sigma=DATA_END_SIGMA, disable=True)
+                        data_end_sigma=DATA_END_SIGMA, disable=True).solver
     expected = fit_solver(model, pilot, plain, plain_targets, prediction="velocity", order=2, history=3,
-                          data_end_sigma=DATA_END_SIGMA, disable=True)
+                          data_end_sigma=DATA_END_SIGMA, disable=True).solver
     assert solver.sigmas == expected.sigmas and solver.coefficients == expected.coefficients
     seen = []
     out = sample_fitted(model, pilot, repeated, callback=seen.append, disable=True, solver=solver)
     assert torch.equal(out, sample_fitted(model, pilot, plain, disable=True, solver=expected))
     assert [payload["i"] for payload in seen] == list(range(len(repeated) - 1))
-    info = {}
-    refine_end_to_end(model, pilot, repeated, targets[-1], solver, iterations=1, info=info)
-    assert info["iterations"] in (0, 1)
+    assert refine_end_to_end(model, pilot, repeated, targets[-1], solver, iterations=1).iterations in (0, 1)

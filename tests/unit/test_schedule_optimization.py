@@ -7,7 +7,8 @@ import torch
 
 from tests.unit.analytic_problems import DATA_END_SIGMA, rms, uniform
 from samplers.predictor_corrector import sample_fs_abm
-from samplers.schedule_optimization import nelder_mead, optimize_schedule, pilot_reference, warp_schedule
+from samplers.reference import pilot_reference
+from samplers.schedule_optimization import nelder_mead, optimize_schedule, warp_schedule
 from samplers.schedules import karras_sigmas
 
 
@@ -55,11 +56,12 @@ def test_optimized_schedule_beats_its_base_on_held_out_noise(problem):
         per_sample = per_sample.pow(2).mean(1)
         return per_sample.mean().sqrt().item(), per_sample.sqrt().median().item()
 
-    info = {}
     base = (1 - torch.linspace(0, 1, 9, dtype=torch.float64)) ** 3
-    optimized = optimize_schedule(pilot_error, base, knots=4, max_evaluations=80, info=info)
-    assert info["error"] <= 0.5 * info["base_error"] and info["evaluations"] <= 85
-    assert pilot_error(optimized) == pytest.approx(info["error"], rel=1e-9)
+    search = optimize_schedule(pilot_error, base, knots=4, max_evaluations=80)
+    optimized = search.sigmas
+    assert search.error <= 0.5 * search.base_error and search.evaluations <= 85
+    assert search.base_error == pytest.approx(pilot_error(base), rel=1e-9)
+    assert pilot_error(optimized) == pytest.approx(search.error, rel=1e-9)
     (base_rms, base_median), (rms_error, median) = held_out_errors(base), held_out_errors(optimized)
     assert rms_error < 0.5 * base_rms and median < 0.5 * base_median, (rms_error, base_rms, median, base_median)
 

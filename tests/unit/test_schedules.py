@@ -6,8 +6,8 @@ import torch
 
 from tests.unit.analytic_problems import DATA_END_SIGMA, denoiser_of, make_mixture
 from samplers.schedules import (SCHEDULES, cosine_sigmas, flux_mu, flux_shift, flux_sigmas,
-                                linear_quadratic_sigmas, sd3_shift, shifted_sigmas, trajectory_adaptive_sigmas,
-                                uniform_sigmas)
+                                linear_quadratic_sigmas, sd3_shift, shifted_sigmas, trajectory_adaptive_plan,
+                                trajectory_adaptive_sigmas, uniform_sigmas)
 
 ARGS = {"karras": dict(sigma_max=14.6, sigma_min=0.03), "exponential": dict(sigma_max=14.6, sigma_min=0.03)}
 
@@ -106,12 +106,12 @@ def test_trajectory_adaptive_concentrates_steps_where_the_path_curves():
         return x - (sigma * velocity)[:, None]
 
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    info = {}
-    sigmas = trajectory_adaptive_sigmas(model, x, uniform_sigmas(40, dtype=torch.float64), 20,
-                                        data_end_sigma=DATA_END_SIGMA, info=info, dtype=torch.float64)
+    plan = trajectory_adaptive_plan(model, x, uniform_sigmas(40, dtype=torch.float64), 20,
+                                    data_end_sigma=DATA_END_SIGMA, dtype=torch.float64)
+    sigmas = plan.sigmas
     assert sigmas.shape == (21,) and sigmas[0] == 1.0 and sigmas[-1] == 0
     assert bool((sigmas[1:] < sigmas[:-1]).all())
-    assert info["pilot_nfe"] == 80 and len(info["density"]) == 40
+    assert plan.pilot_nfe == 80 and len(plan.density) == 40 and len(plan.local_error) == 40
     inside = ((sigmas > 0.2) & (sigmas < 0.4)).double().mean().item()
     assert inside > 0.5, (inside, sigmas)
 
@@ -150,7 +150,7 @@ def test_trajectory_adaptive_without_data_end_sigma_and_validation():
     # equal pilot σ are dropped: the same grid as the pilot without the repeat
     pilot = uniform_sigmas(10, dtype=torch.float64)
     repeated = torch.cat([pilot[:4], pilot[3:4], pilot[4:]])
-    info, repeated_info = {}, {}
-    assert torch.equal(trajectory_adaptive_sigmas(model, x, repeated, 6, info=repeated_info),
-                       trajectory_adaptive_sigmas(model, x, pilot, 6, info=info))
-    assert repeated_info["pilot_nfe"] == info["pilot_nfe"]
+    repeated_plan, plan = (trajectory_adaptive_plan(model, x, grid, 6) for grid in (repeated, pilot))
+    assert torch.equal(repeated_plan.sigmas, plan.sigmas)
+    assert repeated_plan.pilot_nfe == plan.pilot_nfe and repeated_plan.pilot_sigmas == plan.pilot_sigmas
+    assert torch.equal(trajectory_adaptive_sigmas(model, x, repeated, 6), plan.sigmas)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from samplers.fitted_solver import FittedSolver, sample_fitted
-from samplers.solver_file import (MAX_FILE_BYTES, SolverFileError, load_solver, save_solver, solver_metadata,
+from samplers.fitted import FittedSolver, sample_fitted
+from samplers.fitted.storage import (MAX_FILE_BYTES, SolverFileError, load_solver, save_solver, solver_metadata,
                                   solver_tensors)
 from tests.unit.analytic_problems import uniform
 
@@ -19,9 +19,10 @@ def a_solver(steps=6, guidance_history=0) -> FittedSolver:
     coefficients = [(0.05 * torch.randn(2 + min(i, 3), generator=generator, dtype=torch.float64)).tolist()
                     for i in range(steps)]
     return FittedSolver(tuple(uniform(steps).tolist()), "data", order=3, history=4, denoise_end=False,
-                        coefficients=coefficients, info={"error": 1.5e-3, "base_error": 4.0e-3, "fallback": False},
+                        coefficients=coefficients,
                         guidance_history=guidance_history, first_call=(0.95, 0.9),
-                        provenance={"model": "Flux", "model_fingerprint": "0123abcd", "cfg": "3.5"})
+                        provenance={"model": "Flux", "model_fingerprint": "0123abcd", "cfg": "3.5",
+                                    "pilot_error": "1.500e-03"})
 
 
 def test_round_trip_keeps_every_field_and_samples_bit_identically(problem, tmp_path):
@@ -68,11 +69,10 @@ def _write(path, tensors=None, metadata=None):
                                             "guidance_history": 0})}), "order = 9"),
     (dict(metadata={"settings": json.dumps({"prediction": "__import__('os')", "order": 2, "history": 4,
                                             "denoise_end": True, "guidance_history": 0})}), "prediction"),
-    (dict(metadata={"pilot": json.dumps({"error": "1e-3; rm -rf /"})}), "pilot field 'error'"),
     (dict(metadata={"provenance": json.dumps({"model": ["Flux"]})}), "'provenance' must map names to strings"),
 ], ids=["counts-sum", "counts-length", "increasing-sigmas", "float32-sigmas", "nan-coefficients",
         "negative-first-call", "extra-tensor", "missing-tensor", "other-format", "newer-version", "bad-json",
-        "order-out-of-range", "prediction-not-a-name", "pilot-not-a-number", "provenance-not-strings"])
+        "order-out-of-range", "prediction-not-a-name", "provenance-not-strings"])
 def test_mismatched_files_name_the_failing_field(tmp_path, change, message):
     path = _write(str(tmp_path / "bad.safetensors"), **change)
     with pytest.raises(SolverFileError, match=message):

@@ -71,3 +71,31 @@ def test_get_tableau():
     assert get_tableau("rk4") is RK4 and get_tableau(EULER) is EULER
     with pytest.raises(ValueError, match="fs_x: method = 'rk9' is not one of"):
         get_tableau("rk9", "fs_x")
+
+
+def test_the_dopri5_dense_output_is_exact_for_a_quartic_solution():
+    """DOPRI5's continuous extension (Hairer, Nørsett & Wanner I, §II.6) has order 4: for dx/dσ = a cubic in σ the
+    dense output inside a step matches the quartic solution to rounding; its weights sum to 0 (a constant
+    derivative gets no correction)."""
+    import torch
+
+    from samplers.adaptive import _dense_output
+    from samplers.common import Evaluation
+    from samplers.runge_kutta import rk_step
+    from samplers.tableaux import DOPRI5_DENSE
+
+    assert abs(sum(DOPRI5_DENSE)) < 1e-14
+
+    def derivative(x, sigma):
+        return Evaluation(torch.full_like(x, 4 * sigma ** 3 - 3 * sigma ** 2 + 1.0), x)
+
+    def solution(sigma):
+        return sigma ** 4 - sigma ** 3 + sigma
+
+    x0 = torch.full((1, 1), solution(0.9), dtype=torch.float64)
+    step = rk_step(derivative, x0, 0.9, 0.3, DOPRI5)
+    assert float(step.x) == pytest.approx(solution(0.3), abs=1e-14)
+    for sigma in (0.8, 0.6, 0.45):
+        x, _ = _dense_output(sigma, (0.9, x0, step.evaluations[0]), (0.3, step.x, step.last), DOPRI5,
+                             step.evaluations)
+        assert float(x) == pytest.approx(solution(sigma), abs=1e-14), sigma

@@ -2,8 +2,8 @@
 
 A fit costs hundreds to thousands of model calls, so it is saved once and reused. The file holds four float64/int64
 tensors — the σ grid, the coefficients of all steps concatenated, the number of coefficients per step and the first
-model call's ``(a, t)`` — and string metadata: the format name and version, the solver's settings, the pilot
-statistics and the provenance (which model, guidance and latent shape it was fitted for).
+model call's ``(a, t)`` — and string metadata: the format name and version, the solver's settings and its
+provenance (which model, guidance and latent shape it was fitted for, and its pilot errors).
 
 Reading never executes anything from the file: safetensors holds raw tensors and a JSON header only, the file size
 is checked before it is opened, and every tensor and metadata field is checked against the schema below (names,
@@ -13,12 +13,11 @@ check raises :class:`SolverFileError` saying which field is wrong.
 from __future__ import annotations
 
 import json
-import math
 import os
 import torch
 
-from .fitted_solver import FittedSolver
-from .predictor_corrector import PREDICTIONS
+from ..predictor_corrector import PREDICTIONS
+from .solver import FittedSolver
 
 FORMAT = "flowscope.fitted_solver"
 VERSION = 1
@@ -29,7 +28,6 @@ MAX_METADATA_CHARS = 4096
 TENSOR_DTYPES = {"sigmas": torch.float64, "coefficients": torch.float64, "coefficient_counts": torch.int64,
                  "first_call": torch.float64}
 SETTINGS = ("prediction", "order", "history", "denoise_end", "guidance_history")
-PILOT_FIELDS = ("error", "base_error", "fallback")
 
 
 class SolverFileError(ValueError):
@@ -37,11 +35,10 @@ class SolverFileError(ValueError):
 
 
 def solver_metadata(solver: FittedSolver) -> dict[str, str]:
-    """The safetensors metadata (all strings) of ``solver``: format, settings, pilot statistics, provenance."""
+    """The safetensors metadata (all strings) of ``solver``: format, version, settings, provenance."""
     settings = {name: getattr(solver, name) for name in SETTINGS}
-    pilot = {name: solver.info[name] for name in PILOT_FIELDS if name in solver.info}
     metadata = {"format": FORMAT, "version": str(VERSION), "settings": json.dumps(settings),
-                "pilot": json.dumps(pilot), "provenance": json.dumps({k: str(v) for k, v in solver.provenance.items()})}
+                "provenance": json.dumps({k: str(v) for k, v in solver.provenance.items()})}
     for key, value in metadata.items():
         if len(value) > MAX_METADATA_CHARS:
             raise SolverFileError(f"metadata {key!r} is {len(value)} characters; at most {MAX_METADATA_CHARS}")
@@ -131,16 +128,6 @@ def _settings(metadata: dict, where: str) -> dict:
     return settings
 
 
-def _pilot(metadata: dict, where: str) -> dict:
-    pilot = _json_field(metadata, "pilot", where)
-    for name, value in pilot.items():
-        numeric = isinstance(value, (int, float)) and (isinstance(value, bool) or math.isfinite(value))
-        if name not in PILOT_FIELDS or not numeric:
-            raise SolverFileError(f"{where}: pilot field {name!r} = {value!r} is not one of {PILOT_FIELDS} "
-                                  f"with a finite number")
-    return pilot
-
-
 def _vector(tensors: dict, name: str, where: str) -> torch.Tensor:
     tensor = tensors[name]
     if tensor.dtype != TENSOR_DTYPES[name] or tensor.dim() != 1:
@@ -160,7 +147,7 @@ def solver_from_parts(tensors: dict, metadata: dict, where: str = "fitted solver
     if metadata.get("version") != str(VERSION):
         raise SolverFileError(f"{where}: format version {metadata.get('version')!r}; this FlowScope reads "
                               f"version {VERSION}")
-    settings, pilot, provenance = _settings(metadata, where), _pilot(metadata, where), _provenance(metadata, where)
+    settings, provenance = _settings(metadata, where), _provenance(metadata, where)
     sigmas, counts = _vector(tensors, "sigmas", where), _vector(tensors, "coefficient_counts", where)
     values, first_call = _vector(tensors, "coefficients", where), _vector(tensors, "first_call", where)
     steps = sigmas.numel() - 1
@@ -180,5 +167,5 @@ def solver_from_parts(tensors: dict, metadata: dict, where: str = "fitted solver
     for count in counts.tolist():
         coefficients.append(values[start:start + count].tolist())
         start += count
-    return FittedSolver(sigmas=tuple(sigmas.tolist()), coefficients=coefficients, info=dict(pilot),
+    return FittedSolver(sigmas=tuple(sigmas.tolist()), coefficients=coefficients,
                         first_call=tuple(first_call.tolist()), provenance=provenance, **settings)

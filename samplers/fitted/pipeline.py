@@ -1,0 +1,109 @@
+"""The whole fit of the Fitted Solver node as one function: reference solve, fit (or schedule search), refinement.
+
+:func:`fit_pipeline` is pure (no ComfyUI): given the model as a sampler receives it (``model(x, σ·s_in) → D``),
+the pilot latent scaled to σ_0 and the grid, it returns a :class:`FitResult`. It makes no sample; the solver it
+returns samples with :func:`~.solver.sample_fitted`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..reference import reference_trajectory
+from ..schedule_optimization import ScheduleSearch
+from .fit import SolverFit, fit_solver
+from .refine import Refinement, refine_end_to_end
+from .schedule_search import FIRST_CALL_STARTS, dense_reference, optimize_fitted
+from .solver import FittedSolver, describe_first_call
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What to fit: the base update (``prediction``, ``order``), the model outputs per step (``history``), the
+    reference tolerance, the schedule search's candidate grids (0: keep the grid; > 0: also warp it, and with
+    refinement move each σ after the first and the first model call), the refinement's iterations (0: none),
+    the guidance directions per step (CFG) and the first calls ``(r·x, r·σ_0)`` the search tries, r in
+    ``first_call_starts``."""
+    prediction: str = "data"
+    order: int = 3
+    history: int = 8
+    reference_rtol: float = 1e-5
+    schedule_evaluations: int = 0
+    refine_iterations: int = 0
+    guidance_history: int = 2
+    first_call_starts: tuple = FIRST_CALL_STARTS
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The outcome of :func:`fit_pipeline`: the solver and the grid it samples (``sigmas``, dtype and device of the
+    input grid), the reference solve's model calls, the fit (pilot endpoint errors of the solver and of its base
+    update), the refinement and the schedule search (None when not run)."""
+    settings: FitSettings
+    solver: FittedSolver
+    sigmas: torch.Tensor
+    reference_nfe: int
+    fit: SolverFit
+    refinement: Optional[Refinement] = None
+    schedule_search: Optional[ScheduleSearch] = None
+
+    def report(self, steps: int) -> str:
+        """One line for the node's report and the log (``steps``: the input grid's step count)."""
+        settings, solver, fit = self.settings, self.solver, self.fit
+        guided = (f", guidance history {solver.guidance_history} (CFG split)" if solver.guidance_history else
+                  ", no CFG split (unguided model)" if settings.guidance_history else "")
+        line = (f"{steps} steps, {settings.prediction} base of order {settings.order}, history {settings.history}"
+                f"{guided}: pilot endpoint RMS error: base {fit.base_error:.3e} → fitted {fit.error:.3e}"
+                f"{' (fit not better: base kept)' if fit.fallback else ''}; reference {self.reference_nfe} NFE")
+        if self.refinement is not None:
+            refined = self.refinement
+            moved = f", {refined.moved_nodes} sigmas moved" if self.schedule_search is not None else ""
+            line += (f"; end-to-end refinement: {refined.error_before:.3e} → {refined.error:.3e} "
+                     f"(held-out half {refined.held_out_before:.3e} → {refined.held_out:.3e}, "
+                     f"{refined.iterations} of {settings.refine_iterations} iterations kept{moved})")
+        if self.schedule_search is not None:
+            search = self.schedule_search
+            line += (f"; schedule optimized for the fitted solver: input sigmas {search.base_error:.3e} → "
+                     f"{search.error:.3e} ({search.evaluations} fits) — sample with this node's SIGMAS")
+        if solver.first_call != (1.0, 1.0):
+            line += f"; first model call at {describe_first_call(solver.first_call)}"
+        return line
+
+
+def fit_pipeline(model, x, sigmas, settings: FitSettings, extra_args=None, sigma_min=None, data_end_sigma=None,
+                 guidance=None, disable=None) -> FitResult:
+    """Fit a solver for ``sigmas`` on the pilot latent ``x`` (scaled to σ_0, as a sampler receives it).
+
+    Without a schedule search: the reference states at the grid (:func:`~..reference.reference_trajectory`), then
+    :func:`~.fit.fit_solver`. With one (``settings.schedule_evaluations`` > 0): a dense reference
+    (:func:`~.schedule_search.dense_reference`) and :func:`~.schedule_search.optimize_fitted`. Then, with
+    ``settings.refine_iterations`` > 0, :func:`~.refine.refine_end_to_end` — moving the σ nodes and the first call
+    too when the schedule was searched. ``sigma_min``/``data_end_sigma``: the model family's reference end and σ = 0
+    end (:mod:`..reference`, :mod:`..common`); ``guidance``: the CFG guidance direction source
+    (:func:`~.fit.fit_solver`)."""
+    searched = settings.schedule_evaluations > 0
+    search = refinement = None
+    if searched:
+        reference, stats = dense_reference(model, x, float(sigmas[0]), sigma_min, extra_args,
+                                           rtol=settings.reference_rtol, data_end_sigma=data_end_sigma)
+        search, fit = optimize_fitted(model, x, sigmas, reference, extra_args, settings.prediction, settings.order,
+                                      settings.history, data_end_sigma, max_evaluations=settings.schedule_evaluations,
+                                      guidance=guidance, guidance_history=settings.guidance_history,
+                                      first_calls=[(r, r) for r in settings.first_call_starts])
+        grid, endpoint = search.sigmas, reference.states[-1]
+    else:
+        targets, stats = reference_trajectory(model, x, sigmas, extra_args, rtol=settings.reference_rtol,
+                                              sigma_min=sigma_min, data_end_sigma=data_end_sigma)
+        fit = fit_solver(model, x, sigmas, targets, extra_args, settings.prediction, settings.order,
+                         settings.history, data_end_sigma, disable=disable, guidance=guidance,
+                         guidance_history=settings.guidance_history)
+        grid, endpoint = sigmas, targets[-1]
+    solver = fit.solver
+    if settings.refine_iterations > 0:
+        refinement = refine_end_to_end(model, x, grid, endpoint, solver, extra_args, settings.refine_iterations,
+                                       move_grid=searched, guidance=guidance, move_first_call=searched)
+        solver = refinement.solver
+        grid = torch.tensor(solver.sigmas, dtype=grid.dtype, device=grid.device)
+    return FitResult(settings, solver, grid, stats.nfe, fit, refinement, search)
