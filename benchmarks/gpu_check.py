@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import memory  # noqa: E402
 from benchmarks.comfy_inprocess import boot, pack_module  # noqa: E402
+from benchmarks.harness import RESULTS_DIR, environment, fit_solver, write_report  # noqa: E402
 
 QUICK_SAMPLERS = ("fs_euler", "fs_rk4", "fs_ab2", "fs_secant", "fs_dopri5")
 ADAPTIVE = ("fs_bosh3", "fs_dopri5")
@@ -221,11 +222,9 @@ def recorder_overhead(work, steps: int, repeats: int, synchronize) -> dict:
 
 
 def fit_time(work, steps: int, rtol: float, synchronize) -> dict:
-    nodes = pack_module("nodes.sampler_nodes")
-    result = {}
-    planner = nodes.solver_fitter(result, "data", 3, 8, rtol)
-    seconds = timed(lambda: work.run(planner, steps), synchronize)
-    return dict(seconds=seconds, reference_nfe=result["reference_nfe"], info=result["solver"].info)
+    fit = {}
+    seconds = timed(lambda: fit.update(fit_solver(work.run, steps, "data", 3, 8, rtol)), synchronize)
+    return dict(seconds=seconds, reference_nfe=fit["reference_nfe"], info=dict(fit["solver"].info))
 
 
 def render(args, env, description, shape, timing, syncs, recorder, fit, elapsed) -> str:
@@ -272,7 +271,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny latent, 5 samplers (CI; < 1 min on the CPU)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=None, help="timing repeats (default 5; --quick 2)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_check.md"))
+    parser.add_argument("--out", default=str(RESULTS_DIR / "gpu_check.md"))
+    parser.add_argument("--results-dir", type=pathlib.Path, default=RESULTS_DIR,
+                        help="where the figures go as JSON (default benchmark-results/, ignored by git)")
     args = parser.parse_args(argv)
     if args.device is None:
         import torch
@@ -305,11 +306,12 @@ def main(argv=None):
           flush=True)
     fit = fit_time(work, 8, args.rtol, synchronize)
     print(f"  fitted solver fit at 8 steps: {fit['seconds']:.2f} s, reference {fit['reference_nfe']} NFE", flush=True)
-    text = render(args, memory.environment(args.device), description, work.shape, timing, syncs, recorder, fit,
-                  time.perf_counter() - start)
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(text, encoding="utf-8")
-    print(f"wrote {args.out}", flush=True)
+    env = environment(args.device)
+    text = render(args, env, description, work.shape, timing, syncs, recorder, fit, time.perf_counter() - start)
+    figures = dict(device=args.device, quick=args.quick, environment=env, model=description, steps=args.steps,
+                   per_call=timing, syncs=syncs, recorder=recorder, fit=fit)
+    write_report(args.out, text, figures, args.results_dir)
+    print(f"wrote {args.out} and its figures (JSON) in {args.results_dir}", flush=True)
 
 
 if __name__ == "__main__":
