@@ -16,6 +16,7 @@ import torch
 
 from ..samplers.trajectory import Trajectory, TrajectoryRecorder, flatten_batch, latent_parts, straightness
 from ..diagnostics import charts
+from ..diagnostics.error_vs_nfe import error_vs_nfe
 from .comfy_io import TrajectoryType, io
 from .comfy_sampling import comfy_sampler_function, is_flow_model, sample_like_custom_advanced
 
@@ -433,18 +434,14 @@ class CompareSamplers(io.ComfyNode):
                            "max_nfe": 20000, "error_norm": "per_sample"})
         reference, _, reference_trajectory = record_sampling(guider, reference_sampler, grid(max(step_counts)),
                                                              latent_image, noise, "reference", preview=False)
-        rows, series_list = [], []
-        for name in names:
-            points = []
-            for count in step_counts:
-                samples, _, trajectory = record_sampling(guider, comfy.samplers.sampler_object(name), grid(count),
-                                                         latent_image, noise, name, preview=False)
-                per_sample = (flatten_batch(samples) - flatten_batch(reference)).pow(2).mean(1).sqrt()  # any parts
-                rows.append({"sampler": name, "steps": count, "nfe": trajectory.nfe,
-                             "rms_error": float(per_sample.pow(2).mean().sqrt()),
-                             "median_error": float(per_sample.median())})
-                points.append((trajectory.nfe, rows[-1]["rms_error"]))
-            series_list.append(charts.series(name, [p[0] for p in points], [p[1] for p in points]))
+        def run(name, count):
+            samples, _, trajectory = record_sampling(guider, comfy.samplers.sampler_object(name), grid(count),
+                                                     latent_image, noise, name, preview=False)
+            return samples, trajectory.nfe
+
+        rows = error_vs_nfe(run, names, step_counts, reference)
+        series_list = [charts.series(name, [r["nfe"] for r in rows if r["sampler"] == name],
+                                     [r["rms_error"] for r in rows if r["sampler"] == name]) for name in names]
         table = ["| sampler | steps | NFE | endpoint RMS error | median per-sample error |", "|---|---|---|---|---|"]
         table += [f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['rms_error']:.3e} | {r['median_error']:.3e} |"
                   for r in rows]
