@@ -129,8 +129,8 @@ def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse (no trimming, mmap only above 32 MiB), as PyTorch's caching
     allocator does on a GPU. With glibc's defaults every large temporary of the model is returned to the
     kernel when freed and faulted in again on the next call: on the 16×128×128 latent about half of a model
-    call was system time (page faults), and which sampler or recorder happened to hold memory at the top of
-    the heap moved timings by ±10 %. True when applied (glibc only)."""
+    call is system time (page faults), and which sampler or recorder happens to hold memory at the top of
+    the heap moves timings by ±10 %. True when applied (glibc only)."""
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     mallopt = _glibc("mallopt")
     return (mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20))
