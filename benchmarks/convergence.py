@@ -9,7 +9,6 @@ noise, conditioning and reference as benchmarks/quality.py (seed 0, batch 16, fs
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import pathlib
 import platform
@@ -21,6 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.comfy_inprocess import boot  # noqa: E402
+from benchmarks.harness import commit, utc_now  # noqa: E402
 
 STEPS = (16, 32, 64, 128, 256)
 CASES = [("analytic", "analytic", "beta"), ("digits-flow", "digits-flow", "beta"),
@@ -35,12 +35,14 @@ def main():
     boot()
     import comfy.samplers
 
-    from benchmarks import quality
+    from ComfyUI_FlowScope.diagnostics.error_vs_nfe import error_vs_nfe
+
+    from benchmarks.quality_problems import Problem, reference_solution
 
     torch.set_num_threads(2)
     lines = ["# Convergence study: endpoint error vs steps", "",
              f"Command: `python benchmarks/convergence.py`  ",
-             f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: "
+             f"Date: {utc_now()}; commit {commit()}; machine: "
              f"{platform.processor() or platform.machine()}; torch {torch.__version__}.", "",
              "RMS endpoint error against the problem's reference (the quality benchmark's problems, its first 16 "
              "test samples (seed 0), CFG 1) at 16…256 steps of one schedule per problem; *local order* is log₂ of "
@@ -48,13 +50,15 @@ def main():
              "| problem / schedule | sampler | " + " | ".join(f"{n} steps" for n in STEPS) + " | local orders |",
              "|---|---|" + "---|" * len(STEPS) + "---|"]
     for problem_name, model_name, scheduler in CASES:
-        problem = quality.Problem(problem_name, model_name, 1.0, 16)
-        reference, _, accuracy = quality.reference_solution(problem, 1e-7)
+        problem = Problem(problem_name, model_name, 1.0, 16)
+        reference, _, accuracy = reference_solution(problem, 1e-7)
+
+        def run(name, steps, problem=problem, scheduler=scheduler):
+            return problem.run(comfy.samplers.sampler_object(name), problem.sigmas(scheduler, steps))
+
+        rows = error_vs_nfe(run, SAMPLERS, STEPS, reference)
         for name in SAMPLERS:
-            errors = []
-            for steps in STEPS:
-                samples, _ = problem.run(comfy.samplers.sampler_object(name), problem.sigmas(scheduler, steps))
-                errors.append(float((samples - reference).pow(2).mean().sqrt()))
+            errors = [row["rms_error"] for row in rows if row["sampler"] == name]
             orders = [math.log2(errors[i] / errors[i + 1]) for i in range(len(errors) - 1)]
             row = (f"| {problem_name} / {scheduler} (reference ±{accuracy:.0e}) | {name} | "
                    + " | ".join(f"{e:.2e}" for e in errors) + " | " + ", ".join(f"{o:.1f}" for o in orders) + " |")

@@ -18,7 +18,7 @@ sampler (``sampler_object`` / ``KSAMPLER`` of ``comfy.k_diffusion.sampling.sampl
   is attributed to the innermost frame in the pack (sampler/recorder) or in ComfyUI/the model, and to the phase
   of the run: "loop" = inside the sampler after its first model call, else per run (validation, ComfyUI's
   setup, the recorder's finish). Per step = the pack's loop reads / grid steps (adaptive samplers: / step attempts, from their
-  ``stats``). The count runs the accelerator code path: on the CPU ``fs_secant`` computes its per-sample
+  ``AdaptiveStats``). The count runs the accelerator code path: on the CPU ``fs_secant`` computes its per-sample
   coefficients in Python floats by design (``HOST_COEFFICIENT_DEVICES``), which the count switches off.
 * Recorder: ``record_sampling`` around euler vs plain euler, µs per model call and host syncs per step.
 * Fitted Solver: wall time of the FlowScope · Fitted Solver node's fit (``solver_fit_plan``: data base, order 3,
@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import memory  # noqa: E402
 from benchmarks.comfy_inprocess import boot, pack_module  # noqa: E402
+from benchmarks.harness import RESULTS_DIR, environment, fit_solver, write_report  # noqa: E402
 
 QUICK_SAMPLERS = ("fs_euler", "fs_rk4", "fs_ab2", "fs_secant", "fs_dopri5")
 ADAPTIVE = ("fs_bosh3", "fs_dopri5")
@@ -147,9 +148,18 @@ def count_syncs(work, name: str, steps: int, device: str, record: bool = False) 
     import comfy.k_diffusion.sampling
     import comfy.samplers
 
-    stats = {}
-    options = {"stats": stats} if name in ADAPTIVE else {}
-    sampler = comfy.samplers.KSAMPLER(getattr(comfy.k_diffusion.sampling, f"sample_{name}"), extra_options=options)
+    stats = []  # the adaptive solve's AdaptiveStats: the same solve as the registered sampler, with its counts
+    function = getattr(comfy.k_diffusion.sampling, f"sample_{name}")
+    if name in ADAPTIVE:
+        def solve(model, x, sigmas, extra_args=None, callback=None, disable=None, data_end_sigma=None):
+            x, run_stats = pack_module("samplers").solve_adaptive(
+                model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, method=name[3:],
+                data_end_sigma=data_end_sigma)
+            stats.append(run_stats)
+            return x
+
+        function = pack_module("nodes.comfy_sampling").comfy_sampler_function(solve)
+    sampler = comfy.samplers.KSAMPLER(function)
     optimizers = pack_module("samplers.optimizers")
     host_devices = getattr(optimizers, "HOST_COEFFICIENT_DEVICES", None)
     if host_devices is not None:
@@ -165,7 +175,7 @@ def count_syncs(work, name: str, steps: int, device: str, record: bool = False) 
     finally:
         if host_devices is not None:
             optimizers.HOST_COEFFICIENT_DEVICES = host_devices
-    attempts = stats["accepted"] + stats["rejected"] + stats["fixed_steps"] if stats else steps
+    attempts = stats[-1].accepted + stats[-1].rejected + stats[-1].fixed_steps if stats else steps
     counts = counter.counts
     return dict(per_step=counts[("loop", "pack")] / attempts, per_run=counts[("run", "pack")],
                 comfy_per_call=counts[("loop", "comfy")] / max(1, state.calls), nfe=state.calls, attempts=attempts,
@@ -221,13 +231,11 @@ def recorder_overhead(work, steps: int, repeats: int, synchronize) -> dict:
 
 
 def fit_time(work, steps: int, rtol: float, synchronize) -> dict:
-    nodes = pack_module("nodes.sampler_nodes")
-    planner = pack_module("nodes.comfy_sampling").PlanningSampler(
-        nodes.solver_fit_plan(pack_module("samplers.fitted").FitSettings("data", 3, 8, rtol)))
-    seconds = timed(lambda: work.run(planner, steps), synchronize)
-    fit = planner.result.fit
-    return dict(seconds=seconds, reference_nfe=planner.result.reference_nfe,
-                info=dict(base_error=fit.base_error, error=fit.error))
+    fits = []
+    seconds = timed(lambda: fits.append(fit_solver(work.run, steps, "data", 3, 8, rtol)[0]), synchronize)
+    fit = fits[-1]
+    return dict(seconds=seconds, reference_nfe=fit.reference_nfe,
+                info=dict(base_error=fit.fit.base_error, error=fit.fit.error))
 
 
 def render(args, env, description, shape, timing, syncs, recorder, fit, elapsed) -> str:
@@ -274,7 +282,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny latent, 5 samplers (CI; < 1 min on the CPU)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=None, help="timing repeats (default 5; --quick 2)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_check.md"))
+    parser.add_argument("--out", default=str(RESULTS_DIR / "gpu_check.md"))
+    parser.add_argument("--results-dir", type=pathlib.Path, default=RESULTS_DIR,
+                        help="where the figures go as JSON (default benchmark-results/, ignored by git)")
     args = parser.parse_args(argv)
     if args.device is None:
         import torch
@@ -307,11 +317,12 @@ def main(argv=None):
           flush=True)
     fit = fit_time(work, 8, args.rtol, synchronize)
     print(f"  fitted solver fit at 8 steps: {fit['seconds']:.2f} s, reference {fit['reference_nfe']} NFE", flush=True)
-    text = render(args, memory.environment(args.device), description, work.shape, timing, syncs, recorder, fit,
-                  time.perf_counter() - start)
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(text, encoding="utf-8")
-    print(f"wrote {args.out}", flush=True)
+    env = environment(args.device)
+    text = render(args, env, description, work.shape, timing, syncs, recorder, fit, time.perf_counter() - start)
+    figures = dict(device=args.device, quick=args.quick, environment=env, model=description, steps=args.steps,
+                   per_call=timing, syncs=syncs, recorder=recorder, fit=fit)
+    write_report(args.out, text, figures, args.results_dir)
+    print(f"wrote {args.out} and its figures (JSON) in {args.results_dir}", flush=True)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import pathlib
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 
@@ -42,6 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.comfy_inprocess import boot, pack_module  # noqa: E402
+from benchmarks.harness import RESULTS_DIR, docstring_markdown, environment, write_report  # noqa: E402
 
 # name: (latent shape, model type, flow shift)
 SIZES = {"SDXL 1024²": ((1, 4, 128, 128), "eps", None), "Flux 1024²": ((1, 16, 128, 128), "flow", 3.0),
@@ -321,27 +318,6 @@ def per_call_overhead(work: Workload, names, steps: int, repeats: int, log, sync
 
 
 # -- report -------------------------------------------------------------------------------------------------
-def environment(device: str) -> dict:
-    import torch
-
-    try:
-        commit = "`{}`".format(subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                              text=True, timeout=10).stdout.strip() or "unknown")
-        if subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "samplers", "nodes"], cwd=ROOT).returncode:
-            commit += " + uncommitted changes to samplers/ or nodes/"
-    except OSError:
-        commit = "unknown"
-    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {os.cpu_count()} cores ({platform.machine()})"
-    return dict(date=datetime.date.today().isoformat(), commit=commit, torch=torch.__version__,
-                python=platform.python_version(), machine=name, threads=torch.get_num_threads())
-
-
-def docstring_markdown(module_doc: str, first: int, last: int) -> str:
-    """Paragraphs ``first..last`` of a module docstring with reST roles turned into markdown code."""
-    text = "\n\n".join(module_doc.split("\n\n")[first:last + 1])
-    return re.sub(r":\w+:`~?\.*([^`]+)`", r"`\1`", text).replace("``", "`").replace("\n", " ")
-
-
 def render(args, env, memory: dict, timing: dict, timing_label: str, elapsed: float) -> str:
     command = "python benchmarks/memory.py" + (" --quick" if args.quick else "") + f" --device {args.device}"
     out = ["# Memory and per-call overhead at real latent sizes\n",
@@ -393,6 +369,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=None, help="timing repeats (default 9; --quick 3)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmark_memory.md"))
+    parser.add_argument("--results-dir", type=pathlib.Path, default=RESULTS_DIR,
+                        help="where the figures go as JSON (default benchmark-results/, ignored by git)")
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 9)
     if args.device == "cuda":
@@ -412,10 +390,12 @@ def main(argv=None):
             sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
             timing = per_call_overhead(work, names, args.steps, args.repeats, print, sync)
             timing_label = f"{label}, latent {'×'.join(map(str, shape[1:]))}"
-    text = render(args, environment(args.device), memory, timing, timing_label, time.perf_counter() - start)
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(text, encoding="utf-8")
-    print(f"wrote {args.out}")
+    env = environment(args.device)
+    text = render(args, env, memory, timing, timing_label, time.perf_counter() - start)
+    figures = dict(mode="quick" if args.quick else "full", environment=env, steps=args.steps, memory=memory,
+                   per_call=timing, per_call_latent=timing_label)
+    raw = write_report(args.out, text, figures, args.results_dir)
+    print(f"wrote {args.out} and {raw}")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ import latent_preview
 import torch
 
 from ..diagnostics import charts
+from ..diagnostics.error_vs_nfe import error_vs_nfe
 from ..diagnostics.export import trajectory_json, trajectory_rows
 from ..diagnostics.recorder import TrajectoryRecorder
-from ..diagnostics.trajectory import Trajectory, flatten_batch, latent_parts, straightness
+from ..diagnostics.trajectory import Trajectory, latent_parts, straightness
 from .comfy_io import TrajectoryType, io
-from .comfy_sampling import comfy_sampler_function, is_flow_model, sample_like_custom_advanced
+from .comfy_sampling import comfy_sampler_function, model_family, sample_like_custom_advanced
 
 CATEGORY = "FlowScope/diagnostics"
 RECORDER_KEY = "flowscope_trajectory_recorder"
@@ -44,7 +45,7 @@ def record_sampling(guider, sampler, sigmas, latent_image: dict, noise, label: s
     recorder then also keeps every statistic per part (:func:`latent_parts`), and the outputs come back as
     SamplerCustomAdvanced returns them — ``samples`` nested, ``denoised`` unpacked into the parts' shapes."""
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
-    flow = is_flow_model(model_sampling)
+    flow = model_family(model_sampling).flow
     recorder = TrajectoryRecorder(flow, sigmas, label=label or sampler_label(sampler),
                                   record_latents=record_latents, max_latents=max_latents,
                                   parts=latent_parts(latent_image["samples"]))
@@ -406,18 +407,14 @@ class CompareSamplers(io.ComfyNode):
                            "max_nfe": 20000, "error_norm": "per_sample"})
         reference, _, reference_trajectory = record_sampling(guider, reference_sampler, grid(max(step_counts)),
                                                              latent_image, noise, "reference", preview=False)
-        rows, series_list = [], []
-        for name in names:
-            points = []
-            for count in step_counts:
-                samples, _, trajectory = record_sampling(guider, comfy.samplers.sampler_object(name), grid(count),
-                                                         latent_image, noise, name, preview=False)
-                per_sample = (flatten_batch(samples) - flatten_batch(reference)).pow(2).mean(1).sqrt()  # any parts
-                rows.append({"sampler": name, "steps": count, "nfe": trajectory.nfe,
-                             "rms_error": float(per_sample.pow(2).mean().sqrt()),
-                             "median_error": float(per_sample.median())})
-                points.append((trajectory.nfe, rows[-1]["rms_error"]))
-            series_list.append(charts.series(name, [p[0] for p in points], [p[1] for p in points]))
+        def run(name, count):
+            samples, _, trajectory = record_sampling(guider, comfy.samplers.sampler_object(name), grid(count),
+                                                     latent_image, noise, name, preview=False)
+            return samples, trajectory.nfe
+
+        rows = error_vs_nfe(run, names, step_counts, reference)
+        series_list = [charts.series(name, [r["nfe"] for r in rows if r["sampler"] == name],
+                                     [r["rms_error"] for r in rows if r["sampler"] == name]) for name in names]
         table = ["| sampler | steps | NFE | endpoint RMS error | median per-sample error |", "|---|---|---|---|---|"]
         table += [f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['rms_error']:.3e} | {r['median_error']:.3e} |"
                   for r in rows]

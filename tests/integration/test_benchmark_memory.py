@@ -1,46 +1,33 @@
-"""Smoke test of the memory benchmark: ``--quick`` runs in-process ComfyUI and writes its tables.
+"""Smoke test of the memory benchmark: ``--quick`` runs in-process ComfyUI and writes its report and figures.
 
 Benchmarks are scripts, not timed tests: nothing here checks a timing. It checks that every sampler run and the
-recorder get a numeric memory row, and two memory properties the quick latents must show: a second euler run
+recorder get a memory row, and two memory properties the quick latents must show: a second euler run
 allocates exactly what the first did (0 extra: the measurement is reproducible), and the recorder stays below
 4 MiB on these small latents. The real-size figures are in docs/benchmark_memory.md.
 """
-import pathlib
-import subprocess
-import sys
+import math
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.memory import QUICK_SAMPLERS, QUICK_SIZES  # noqa: E402  (constants only: no ComfyUI import)
+from benchmarks.memory import QUICK_SAMPLERS, QUICK_SIZES  # constants only: no ComfyUI import
+from tests.integration.benchmark_runs import results, run_ok
 
 pytestmark = pytest.mark.integration
 
 
-def table_rows(text: str, heading: str) -> dict:
-    """{first cell: cells} of the markdown table after ``heading``."""
-    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
-    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
-    return {cells[0].strip(): [c.strip() for c in cells] for cells in rows[1:]}  # rows[0]: the header
-
-
 def test_quick_memory_benchmark_reports_every_sampler_and_the_recorder(tmp_path):
     out = tmp_path / "memory.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--quick", "--out", str(out)],
-                          cwd=str(ROOT), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    text = out.read_text(encoding="utf-8")
-    assert "--quick" in text and "commit `" in text  # the command and the commit are stated
-    for label in QUICK_SIZES:
-        rows = table_rows(text, f"## {label}:")
-        assert set(rows) == {"euler", *QUICK_SAMPLERS, "recorder"}, rows
-        for name, cells in rows.items():
-            float(cells[1]), float(cells[2])  # MiB and latents are numbers
-        assert float(rows["euler"][1]) == 0.0  # second euler run vs the first: exactly the same bytes
-        assert float(rows["fs_euler"][2]) <= 0.0  # the same method as euler holds nothing more
-        assert 0.0 < float(rows["recorder"][1]) < 4.0  # MiB on these small latents
-    timing = table_rows(text, "## Per-call overhead")
+    run_ok("memory.py", "--quick", "--out", out, "--results-dir", tmp_path, timeout=600)
+    assert out.read_text(encoding="utf-8").startswith("# Memory and per-call overhead")
+    figures = results(tmp_path / "memory.json")
+    assert figures["mode"] == "quick" and figures["environment"]["commit"] != "unknown"
+    assert set(figures["memory"]) == set(QUICK_SIZES)
+    for label, rows in figures["memory"].items():
+        by_name = {row["name"]: row for row in rows}
+        assert set(by_name) == {"euler", *QUICK_SAMPLERS, "recorder"}, label
+        assert by_name["euler"]["extra"] == 0  # second euler run vs the first: exactly the same bytes
+        assert by_name["fs_euler"]["extra"] <= 0  # the same method as euler holds nothing more
+        assert 0 < by_name["recorder"]["extra"] < 4 * 2 ** 20, by_name["recorder"]  # bytes, small latents
+        assert not by_name["recorder"]["flag"]
     for name in QUICK_SAMPLERS:
-        float(timing[name][3])  # µs per call above euler: a number
+        assert math.isfinite(figures["per_call"][name]["extra_us"]), figures["per_call"][name]
