@@ -18,7 +18,7 @@ sampler (``sampler_object`` / ``KSAMPLER`` of ``comfy.k_diffusion.sampling.sampl
   is attributed to the innermost frame in the pack (sampler/recorder) or in ComfyUI/the model, and to the phase
   of the run: "loop" = inside the sampler after its first model call, else per run (validation, ComfyUI's
   setup, the recorder's finish). Per step = the pack's loop reads / grid steps (adaptive samplers: / step attempts, from their
-  ``stats``). The count runs the accelerator code path: on the CPU ``fs_secant`` computes its per-sample
+  ``AdaptiveStats``). The count runs the accelerator code path: on the CPU ``fs_secant`` computes its per-sample
   coefficients in Python floats by design (``HOST_COEFFICIENT_DEVICES``), which the count switches off.
 * Recorder: ``record_sampling`` around euler vs plain euler, µs per model call and host syncs per step.
 * Fitted Solver: wall time of the FlowScope · Fitted Solver node's fit (``solver_fit_plan``: data base, order 3,
@@ -147,9 +147,18 @@ def count_syncs(work, name: str, steps: int, device: str, record: bool = False) 
     import comfy.k_diffusion.sampling
     import comfy.samplers
 
-    stats = {}
-    options = {"stats": stats} if name in ADAPTIVE else {}
-    sampler = comfy.samplers.KSAMPLER(getattr(comfy.k_diffusion.sampling, f"sample_{name}"), extra_options=options)
+    stats = []  # the adaptive solve's AdaptiveStats: the same solve as the registered sampler, with its counts
+    function = getattr(comfy.k_diffusion.sampling, f"sample_{name}")
+    if name in ADAPTIVE:
+        def solve(model, x, sigmas, extra_args=None, callback=None, disable=None, data_end_sigma=None):
+            x, run_stats = pack_module("samplers").solve_adaptive(
+                model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, method=name[3:],
+                data_end_sigma=data_end_sigma)
+            stats.append(run_stats)
+            return x
+
+        function = pack_module("nodes.comfy_sampling").comfy_sampler_function(solve)
+    sampler = comfy.samplers.KSAMPLER(function)
     optimizers = pack_module("samplers.optimizers")
     host_devices = getattr(optimizers, "HOST_COEFFICIENT_DEVICES", None)
     if host_devices is not None:
@@ -165,7 +174,7 @@ def count_syncs(work, name: str, steps: int, device: str, record: bool = False) 
     finally:
         if host_devices is not None:
             optimizers.HOST_COEFFICIENT_DEVICES = host_devices
-    attempts = stats["accepted"] + stats["rejected"] + stats["fixed_steps"] if stats else steps
+    attempts = stats[-1].accepted + stats[-1].rejected + stats[-1].fixed_steps if stats else steps
     counts = counter.counts
     return dict(per_step=counts[("loop", "pack")] / attempts, per_run=counts[("run", "pack")],
                 comfy_per_call=counts[("loop", "comfy")] / max(1, state.calls), nfe=state.calls, attempts=attempts,
