@@ -20,6 +20,7 @@ from ..diagnostics.error_vs_nfe import error_vs_nfe
 from ..diagnostics.export import trajectory_json, trajectory_rows
 from ..diagnostics.recorder import TrajectoryRecorder
 from ..diagnostics.trajectory import Trajectory, latent_parts, straightness
+from ..samplers.reference import reference_options
 from .comfy_io import TrajectoryType, io
 from .comfy_sampling import comfy_sampler_function, model_family, sample_like_custom_advanced
 
@@ -403,8 +404,7 @@ class CompareSamplers(io.ComfyNode):
 
         reference_sampler = comfy.samplers.KSAMPLER(
             comfy_sampler_function(core.sample_adaptive),
-            extra_options={"method": "dopri5", "rtol": reference_rtol, "atol": reference_rtol / 10,
-                           "max_nfe": 20000, "error_norm": "per_sample"})
+            extra_options=reference_options(reference_rtol))
         reference, _, reference_trajectory = record_sampling(guider, reference_sampler, grid(max(step_counts)),
                                                              latent_image, noise, "reference", preview=False)
         def run(name, count):

@@ -8,7 +8,7 @@
 - :mod:`.schedule_search` — :func:`optimize_fitted`, the σ grid searched together with the fit;
 - :mod:`.pipeline` — :func:`fit_pipeline`, all of it as the Fitted Solver node runs it.
 """
-from .fit import SolverFit, fit_solver
+from .fit import HeldOut, SolverFit, fit_solver, held_out_estimate
 from .least_squares import least_squares_coefficients
 from .pipeline import FitResult, FitSettings, fit_pipeline
 from .refine import Refinement, refine_end_to_end, search_damping
@@ -16,5 +16,5 @@ from .schedule_search import FIRST_CALL_STARTS, DenseReference, dense_reference,
 from .solver import FittedSolver, describe_first_call, first_call_fits, sample_fitted
 
 __all__ = ["FittedSolver", "sample_fitted", "describe_first_call", "first_call_fits", "least_squares_coefficients",
-           "SolverFit", "fit_solver", "Refinement", "refine_end_to_end", "search_damping", "DenseReference",
+           "SolverFit", "HeldOut", "fit_solver", "held_out_estimate", "Refinement", "refine_end_to_end", "search_damping", "DenseReference",
            "dense_reference", "optimize_fitted", "FIRST_CALL_STARTS", "FitSettings", "FitResult", "fit_pipeline"]

@@ -56,7 +56,9 @@ class FitResult:
                   ", no CFG split (unguided model)" if settings.guidance_history else "")
         line = (f"{steps} steps, {settings.prediction} base of order {settings.order}, history {settings.history}"
                 f"{guided}: pilot endpoint RMS error: base {fit.base_error:.3e} → fitted {fit.error:.3e}"
-                f"{' (fit not better: base kept)' if fit.fallback else ''}; reference {self.reference_nfe} NFE")
+                f"{self._fallback_note()}; reference {self.reference_nfe} NFE")
+        if fit.held_out is not None:
+            line += f"; {fit.held_out.describe()}"
         if self.refinement is not None:
             refined = self.refinement
             moved = f", {refined.moved_nodes} sigmas moved" if self.schedule_search is not None else ""
@@ -70,6 +72,16 @@ class FitResult:
         if solver.first_call != (1.0, 1.0):
             line += f"; first model call at {describe_first_call(solver.first_call)}"
         return line
+
+
+    def _fallback_note(self) -> str:
+        fit = self.fit
+        if not fit.fallback:
+            return ""
+        held_out = fit.held_out
+        if held_out is not None and not held_out.error < held_out.base_error:
+            return " (fit not better than its base on held-out pilot data: base kept)"
+        return " (fit not better on the pilot: base kept)"
 
 
 def fit_pipeline(model, x, sigmas, settings: FitSettings, extra_args=None, sigma_min=None, data_end_sigma=None,
