@@ -255,7 +255,8 @@ class FittedSolverSampler(io.ComfyNode):
         report = result.report(len(sigmas) - 1)
         logging.info("%s: %s", who, report)
         fitted_sigmas = result.sigmas.detach().cpu().to(sigmas.dtype)
-        return io.NodeOutput(fitted_solver_sampler(solver), report, fitted_sigmas)
+        return io.NodeOutput(fitted_solver_sampler(solver), report, fitted_sigmas,
+                             ui={"flowscope_fit": [result.summary()]})
 
 
 def solver_fit_plan(settings: FitSettings):

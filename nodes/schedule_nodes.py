@@ -165,7 +165,9 @@ class OptimizedSchedule(io.ComfyNode):
                   f"optimized {search.error:.3e} ({search.evaluations} pilot runs; reference "
                   f"{result.reference_nfe} NFE)")
         logging.info("%s: %s", who, report)
-        return io.NodeOutput(result.sigmas, report)
+        summary = {"steps": len(sigmas) - 1, "pilot_base_error": search.base_error, "pilot_error": search.error,
+                   "evaluations": search.evaluations, "reference_nfe": result.reference_nfe}
+        return io.NodeOutput(result.sigmas, report, ui={"flowscope_schedule": [summary]})
 
 
 @dataclass(frozen=True)

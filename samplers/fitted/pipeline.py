@@ -74,6 +74,26 @@ class FitResult:
         return line
 
 
+    def summary(self) -> dict:
+        """The numbers of the report as plain fields (JSON-ready): pilot errors, fallback, reference model calls,
+        the held-out estimate, the refinement and the schedule search (None when not run)."""
+        fit, held_out, refined, search = self.fit, self.fit.held_out, self.refinement, self.schedule_search
+        return {
+            "steps": len(self.solver.sigmas) - 1, "pilot_error": fit.error, "pilot_base_error": fit.base_error,
+            "fallback": fit.fallback, "reference_nfe": self.reference_nfe,
+            "guidance_history": self.solver.guidance_history, "first_call": list(self.solver.first_call),
+            "held_out": None if held_out is None else {
+                "error": held_out.error, "base_error": held_out.base_error, "uncertainty": held_out.uncertainty,
+                "fold_errors": list(held_out.fold_errors), "latents": held_out.latents,
+                "reliable": held_out.reliable, "reason": held_out.reason},
+            "refinement": None if refined is None else {
+                "error_before": refined.error_before, "error": refined.error,
+                "held_out_before": refined.held_out_before, "held_out": refined.held_out,
+                "iterations": refined.iterations, "moved_nodes": refined.moved_nodes},
+            "schedule_search": None if search is None else {
+                "base_error": search.base_error, "error": search.error, "evaluations": search.evaluations},
+        }
+
     def _fallback_note(self) -> str:
         fit = self.fit
         if not fit.fallback:
