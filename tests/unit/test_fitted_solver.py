@@ -83,7 +83,7 @@ def fit_and_measure(model, prediction, steps=6, pilot_seed=21, held_out_seed=22)
 
 @pytest.mark.parametrize("prediction", ["data", "velocity"])
 def test_fit_on_pilot_noise_generalizes_to_held_out_noise(prediction):
-    """Two overlapping components (a smooth flow), 6 steps. Measured at the time of writing (data / velocity):
+    """Two overlapping components (a smooth flow), 6 steps. Measured (data / velocity):
     held-out RMS error 5.4e-2 / 2.5e-2 with the base predictor → 1.0e-3 / 9.6e-4 fitted."""
     base, fitted = fit_and_measure(denoiser_of(make_mixture(stds=(0.5, 0.6), spread=0.5)), prediction)
     assert fitted.pow(2).mean().sqrt() < 0.1 * base.pow(2).mean().sqrt(), (fitted, base)
@@ -145,8 +145,8 @@ def test_dense_reference_interpolates_the_reference_states(problem, sigma_min):
 
 def test_schedule_and_coefficients_fitted_together_generalize():
     """optimize_fitted on the overlapping mixture (6 steps, uniform start, 40 candidate grids, 32 pilot samples):
-    better than the fit on the input grid on the pilot and on 256 held-out samples. Measured at the time of
-    writing: pilot 6.9e-4 → 1.3e-4, held out 9.6e-4 → 1.4e-4."""
+    better than the fit on the input grid on the pilot and on 256 held-out samples. Measured:
+    pilot 6.9e-4 → 1.3e-4, held out 9.6e-4 → 1.4e-4."""
     model = denoiser_of(make_mixture(stds=(0.5, 0.6), spread=0.5))
     pilot, held_out = noise(21, 32), noise(22, 256)
     dense, _ = dense_reference(model, pilot, 1.0, rtol=1e-9, data_end_sigma=DATA_END_SIGMA)
@@ -206,7 +206,7 @@ def test_end_to_end_refinement_lowers_the_endpoint_error_and_generalizes():
     """Levenberg–Marquardt on all coefficients against the pilot endpoint, after the step-by-step fit (overlapping
     mixture, 4 steps, 32 pilot samples, data base of order 1 so the step-by-step fit leaves something to gain):
     lower error on both pilot halves and on 256 held-out samples; every iteration it keeps was checked on the
-    held-out pilot half. Measured at the time of writing: pilot 1.29e-2 → 2.84e-3, held out 1.58e-2 → 2.72e-3."""
+    held-out pilot half. Measured: pilot 1.29e-2 → 2.84e-3, held out 1.58e-2 → 2.72e-3."""
     model = denoiser_of(make_mixture(stds=(0.5, 0.6), spread=0.5))
     pilot, held_out = noise(21, 32), noise(22, 256)
     grid = uniform(4)
@@ -342,8 +342,8 @@ def test_refining_the_grid_nodes_too_places_them_where_an_oscillating_model_outp
     """A denoiser whose output oscillates in σ faster than the grid resolves (period 0.03 against steps of
     0.125; a sinusoidal timestep embedding does this to trained networks): coefficients alone barely help, the
     nodes moved end to end cut the held-out error several-fold. σ_0 and 0 stay, the grid stays strictly
-    decreasing, and the solver samples the grid it returns. Measured at the time of
-    writing: held out 1.22e-2 → 1.15e-2 (coefficients) vs 2.81e-3 (with nodes), 7 nodes moved."""
+    decreasing, and the solver samples the grid it returns. Measured:
+    held out 1.22e-2 → 1.15e-2 (coefficients) vs 2.81e-3 (with nodes), 7 nodes moved."""
     mixture = make_mixture(stds=(0.5, 0.6), spread=0.5)
 
     def model(x, sigma, **kwargs):
@@ -413,7 +413,7 @@ def guided_problem(weights=(0.8, 0.2), scale=3.0):
 
 def test_guidance_directions_are_features_and_the_solver_needs_their_source():
     """With a guidance source the fit has ``guidance_history`` G's per step after the D features, lowers the pilot
-    error below the unguided fit's (measured at the time of writing: 2.11e-3 → 1.37e-3, 4 steps, 32 samples; on
+    error below the unguided fit's (measured: 2.11e-3 → 1.37e-3, 4 steps, 32 samples; on
     held-out noise this small pilot overfits, 5.5e-3 → 1.1e-2 — see README, Fitted Solver), samples only with
     the source, and a source that gives no G (an unguided model) leaves the plain fit."""
     model, source, _ = guided_problem()
@@ -480,7 +480,7 @@ def test_the_first_call_is_made_at_the_scaled_state_and_sigma_and_the_fit_sees_i
 def test_refining_the_first_call_makes_the_first_model_call_informative_at_sigma_max_of_a_flow():
     """At σ_0 = 1 an exact flow denoiser returns the mixture mean for every noise (the state is pure noise), so a
     plain first call adds nothing; with its (a, t) refined too (nodes refined in both runs) it is made at a smaller
-    σ, and the held-out error falls. Measured at the time of writing (3 steps, 64 pilot samples, 8 iterations):
+    σ, and the held-out error falls. Measured (3 steps, 64 pilot samples, 8 iterations):
     held out 1.98e-3 → 1.72e-3."""
     mixture = make_mixture(stds=(0.5, 0.6), spread=0.5)
     model = denoiser_of(mixture)

@@ -81,7 +81,7 @@ def relative_rms(a, b):
 def test_every_sampler_keeps_the_dtype_and_stays_within_rounding_of_its_float32_run(name, dtype, output,
                                                                                      data_end_sigma):
     """Output in the latent's dtype, finite, and within 4 units of the dtype's roundoff (relative RMS; 8 steps) of the
-    same sampler in float32 (same model output convention, same noise). Measured at the time of writing: at most
+    same sampler in float32 (same model output convention, same noise). Measured: at most
     1.30 units in bfloat16 (fs_grad_est) and 1.24 in float16 (fs_nesterov)."""
     x = latent()
     half_model = MixtureModel(dtype, output)
@@ -97,8 +97,8 @@ def test_a_half_precision_prediction_is_never_divided_by_data_end_sigma(name, dt
     """(x − D)/1e-4 of a half-precision D is rounding noise: with such a model the samplers never evaluate at
     σ = data_end_sigma — a step whose stages would land on σ = 0 becomes the denoised end step — and stay within
     rounding of the float32 run that does the same: with data_end_sigma when that run never evaluates there either
-    (midpoint, Ralston, the multistep and optimizer samplers), else with the denoised end (``None``). Measured at
-    the time of writing: at most 1.30 units of roundoff (bfloat16, fs_grad_est) and 1.33 (float16, fs_ab4)."""
+    (midpoint, Ralston, the multistep and optimizer samplers), else with the denoised end (``None``). Measured:
+    at most 1.30 units of roundoff (bfloat16, fs_grad_est) and 1.33 (float16, fs_ab4)."""
     x = latent()
     model = MixtureModel(dtype, "latent")
     out = run(name, x.to(dtype), model, 1e-4)
@@ -274,7 +274,7 @@ def test_bfloat16_costs_no_sampler_more_than_euler_beyond_its_own_noise_gain(dig
     extrapolation; an adaptive controller that reacts to the noise) shows that in any precision; the margin 1.5
     covers what the noise model leaves out (the rounding of states and stages, the correlation of a network's
     rounding across calls). The implementation's own rounding — coefficients, sums — would show on top of G.
-    Measured at the time of writing (Euler's difference 3.2e-3), bf16 ratio to Euler (G): heun 1.11 (0.67),
+    Measured (Euler's difference 3.2e-3), bf16 ratio to Euler (G): heun 1.11 (0.67),
     midpoint 1.17 (1.05), ralston 1.20 (0.82), rk4 0.98 (0.49), dopri5 1.24 (6.7), ab3 1.29 (2.3), ab4 2.26 (7.5),
     abm 1.66 (2.3), exp_abm 1.32 (1.9), nesterov 1.45 (1.26), grad_est 1.31 (2.0), ddim 1.01 (1.00); at most
     1.20 × max(1, G) (ralston); with 12 steps at most 1.43 × max(1, G) (ralston again)."""

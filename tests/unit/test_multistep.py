@@ -33,7 +33,7 @@ def test_variable_weights_integrate_polynomials_exactly(k):
                                           (4, [64, 128, 256, 512])])
 @pytest.mark.parametrize("grid", [uniform, alternating], ids=["uniform", "alternating"])
 def test_measured_order(problem, order, steps, grid):
-    """Measured at the time of writing (uniform 16–128 steps / alternating h, 2h grid 32–256 steps):
+    """Measured (uniform 16–128 steps / alternating h, 2h grid 32–256 steps):
     AB2 1.83 / 1.90, AB3 2.82 / 3.00, AB4 (64–512 steps) 4.12 / 4.15."""
     def run(model, x, sigmas):
         return sample_adams_bashforth(model, x, sigmas, order=order, data_end_sigma=DATA_END_SIGMA, disable=True)

@@ -20,7 +20,7 @@ def test_reference_is_converged(problem):
                                            ("rk3", 3), ("rk4", 4), ("rk38", 4), ("bosh3", 3)])
 def test_measured_order_matches_theory(problem, method, order):
     """Endpoint RMS error against the reference for 16–128 uniform steps on σ ∈ [1, 0] (data_end_sigma =
-    1e-8); measured (regression) orders at the time of writing: euler 0.99, heun 1.82, midpoint 1.84,
+    1e-8); measured (regression) orders: euler 0.99, heun 1.82, midpoint 1.84,
     ralston 1.84, rk3 2.96, rk4 3.84, rk38 3.87, bosh3 (its 3rd-order weights, fixed steps) 2.82."""
     def run(model, x, sigmas):
         return sample_rk(model, x, sigmas, method=method, data_end_sigma=DATA_END_SIGMA, disable=True)
