@@ -36,6 +36,13 @@ def fit_provenance(guider, latent_image: dict) -> dict:
             "latent_shape": latent_shape(latent_image["samples"])}
 
 
+def latent_batch(latent_image: dict) -> int:
+    """The number of latents in a LATENT (the pilot size of a planning node)."""
+    samples = latent_image["samples"]
+    parts = getattr(samples, "tensors", None) or [samples]
+    return int(parts[0].shape[0])
+
+
 def latent_shape(samples) -> str:
     """'C×H×W' of one LATENT input (without the batch) as given to the node; multi-part latents list each part,
     joined by '+'."""

@@ -10,9 +10,11 @@ import comfy.samplers
 
 from .. import samplers as core
 from ..samplers.fitted import FitSettings, fit_pipeline
+from ..samplers.fitted.cost import describe_plan, planned_calls
+from ..samplers.fitted.presets import PRESETS, preset_settings
 from .comfy_io import io
 from .comfy_sampling import comfy_sampler_function, plan_with_guided_model, require_full_schedule, with_guidance_probe
-from .model_identity import fit_provenance
+from .model_identity import fit_provenance, latent_batch
 
 FIXED_STEP_METHODS = ["euler", "heun", "midpoint", "ralston", "rk3", "rk4", "rk38"]
 CATEGORY = "FlowScope/samplers"
@@ -197,9 +199,10 @@ class FittedSolverSampler(io.ComfyNode):
             description="Fits a 1-NFE-per-step multistep solver to YOUR model, guider and SIGMAS (Bespoke "
                         "Non-Stationary-style): a tight reference solve from the pilot noise, then per-step "
                         "least-squares coefficients on the model-output history that keep the solver on the "
-                        "reference trajectory. The SAMPLER only runs on these SIGMAS (same steps); never worse "
-                        "than its base update on the pilot. Costs the reference (hundreds to thousands of model "
-                        "calls) plus 2 × steps once — reuse the SAMPLER for every seed.",
+                        "reference trajectory. The SAMPLER only runs on these SIGMAS (same steps); it keeps its base "
+                        "update unless the fit is better on the pilot and on held-out pilot data. Costs the "
+                        "reference (hundreds to thousands of model calls) plus 4 × steps once — save it with Save "
+                        "Fitted Solver and reuse it for every seed.",
             inputs=[io.Noise.Input("noise", tooltip="Pilot noise; a seed other than the final run's generalizes."),
                     io.Guider.Input("guider"),
                     io.Sigmas.Input("sigmas", tooltip="The schedule the solver will sample (any scheduler; must "
@@ -233,18 +236,36 @@ class FittedSolverSampler(io.ComfyNode):
                                  tooltip="With CFG (cfg ≠ 1): the guidance directions (conditional minus "
                                          "unconditional prediction) of this many latest model calls are fitted "
                                          "as features too, so a step can extrapolate the two predictions "
-                                         "differently (0 = off; nothing changes at cfg 1).")],
+                                         "differently (0 = off; nothing changes at cfg 1)."),
+                    io.Combo.Input("preset", options=list(PRESETS), default="custom", optional=True,
+                                   tooltip="fast: the plain fit; balanced: + schedule search (60 grids); best: + "
+                                           "end-to-end refinement (needs a pilot of 64+ latents); custom: the "
+                                           "inputs above. See docs/fitted_solver.md."),
+                    io.Int.Input("max_model_calls", default=0, min=0, max=10_000_000, optional=True,
+                                 tooltip="0 = no limit. Otherwise the schedule search and the refinement are cut "
+                                         "to what the reference solve and the fit leave (the report says what was "
+                                         "cut).")],
             outputs=[io.Sampler.Output(), io.String.Output(display_name="report"),
                      io.Sigmas.Output(display_name="sigmas")])
 
     @classmethod
     def execute(cls, noise, guider, sigmas, latent_image, prediction, order, history, reference_rtol,
                 optimize_schedule=False, max_evaluations=60, refine_iterations=0,
-                guidance_history=2) -> io.NodeOutput:
+                guidance_history=2, preset="custom", max_model_calls=0) -> io.NodeOutput:
         who = "FlowScope · Fitted Solver"
         require_full_schedule(sigmas, who, "fit a full schedule")
+        steps, latents = len(sigmas) - 1, latent_batch(latent_image)
         settings = FitSettings(prediction, order, history, reference_rtol,
-                               max_evaluations if optimize_schedule else 0, refine_iterations, guidance_history)
+                               max_evaluations if optimize_schedule else 0, refine_iterations, guidance_history,
+                               max_model_calls=max_model_calls)
+        try:
+            settings, preset_note = preset_settings(preset, settings, steps, latents)
+        except ValueError as error:
+            raise ValueError(f"{who}, input 'preset': {error}") from error
+        planned = planned_calls(steps, settings.history, settings.schedule_evaluations, settings.refine_iterations,
+                                len(settings.first_call_starts))
+        logging.info("%s: fitting %d steps on %d pilot latents (preset %s); cost: %s", who, steps, latents, preset,
+                     describe_plan(planned, max_model_calls))
         try:
             result = plan_with_guided_model(guider, sigmas.cpu(), latent_image, noise, solver_fit_plan(settings))
         except ValueError as error:
@@ -252,11 +273,11 @@ class FittedSolverSampler(io.ComfyNode):
         final_error = result.refinement.error if result.refinement is not None else result.fit.error
         pilot = {"pilot_error": f"{final_error:.3e}", "pilot_base_error": f"{result.fit.base_error:.3e}"}
         solver = dataclasses.replace(result.solver, provenance={**fit_provenance(guider, latent_image), **pilot})
-        report = result.report(len(sigmas) - 1)
+        report = result.report(steps) + (f"; {preset_note}" if preset_note else "")
         logging.info("%s: %s", who, report)
         fitted_sigmas = result.sigmas.detach().cpu().to(sigmas.dtype)
-        return io.NodeOutput(fitted_solver_sampler(solver), report, fitted_sigmas,
-                             ui={"flowscope_fit": [result.summary()]})
+        summary = {**result.summary(), "preset": preset, "preset_note": preset_note, "planned_model_calls": planned}
+        return io.NodeOutput(fitted_solver_sampler(solver), report, fitted_sigmas, ui={"flowscope_fit": [summary]})
 
 
 def solver_fit_plan(settings: FitSettings):

@@ -6,13 +6,15 @@ returns samples with :func:`~.solver.sample_fitted`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
 from ..reference import reference_trajectory
 from ..schedule_optimization import ScheduleSearch
+from .cost import (MIN_REFERENCE_CALLS, SEARCH_KNOTS, ModelCallCounter, affordable_evaluations, fit_calls,
+                   refinement_calls_per_iteration)
 from .fit import SolverFit, fit_solver
 from .refine import Refinement, refine_end_to_end
 from .schedule_search import FIRST_CALL_STARTS, dense_reference, optimize_fitted
@@ -24,8 +26,8 @@ class FitSettings:
     """What to fit: the base update (``prediction``, ``order``), the model outputs per step (``history``), the
     reference tolerance, the schedule search's candidate grids (0: keep the grid; > 0: also warp it, and with
     refinement move each σ after the first and the first model call), the refinement's iterations (0: none),
-    the guidance directions per step (CFG) and the first calls ``(r·x, r·σ_0)`` the search tries, r in
-    ``first_call_starts``."""
+    the guidance directions per step (CFG), the first calls ``(r·x, r·σ_0)`` the search tries, r in
+    ``first_call_starts``, and a budget of model calls (0: none; see :func:`fit_pipeline`)."""
     prediction: str = "data"
     order: int = 3
     history: int = 8
@@ -34,6 +36,7 @@ class FitSettings:
     refine_iterations: int = 0
     guidance_history: int = 2
     first_call_starts: tuple = FIRST_CALL_STARTS
+    max_model_calls: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class FitResult:
     fit: SolverFit
     refinement: Optional[Refinement] = None
     schedule_search: Optional[ScheduleSearch] = None
+    model_calls: dict = field(default_factory=dict)
+    cut_by_budget: tuple = ()
 
     def report(self, steps: int) -> str:
         """One line for the node's report and the log (``steps``: the input grid's step count)."""
@@ -71,6 +76,12 @@ class FitResult:
                      f"{search.error:.3e} ({search.evaluations} fits) — sample with this node's SIGMAS")
         if solver.first_call != (1.0, 1.0):
             line += f"; first model call at {describe_first_call(solver.first_call)}"
+        if self.model_calls:
+            spent = ", ".join(f"{name.replace('_', ' ')} {calls}" for name, calls in self.model_calls.items())
+            budget = f" of max_model_calls {settings.max_model_calls}" if settings.max_model_calls else ""
+            line += f"; model calls: {spent} = {sum(self.model_calls.values())}{budget}"
+        for cut in self.cut_by_budget:
+            line += f"; {cut}"
         return line
 
 
@@ -92,6 +103,8 @@ class FitResult:
                 "iterations": refined.iterations, "moved_nodes": refined.moved_nodes},
             "schedule_search": None if search is None else {
                 "base_error": search.base_error, "error": search.error, "evaluations": search.evaluations},
+            "model_calls": dict(self.model_calls), "max_model_calls": self.settings.max_model_calls,
+            "cut_by_budget": list(self.cut_by_budget),
         }
 
     def _fallback_note(self) -> str:
@@ -114,28 +127,74 @@ def fit_pipeline(model, x, sigmas, settings: FitSettings, extra_args=None, sigma
     ``settings.refine_iterations`` > 0, :func:`~.refine.refine_end_to_end` — moving the σ nodes and the first call
     too when the schedule was searched. ``sigma_min``/``data_end_sigma``: the model family's reference end and σ = 0
     end (:mod:`..reference`, :mod:`..common`); ``guidance``: the CFG guidance direction source
-    (:func:`~.fit.fit_solver`)."""
-    searched = settings.schedule_evaluations > 0
+    (:func:`~.fit.fit_solver`).
+
+    The model calls of each stage are counted (``FitResult.model_calls``). ``settings.max_model_calls`` counts all
+    of them, but the reference solve is never cut (its tolerance sets its cost) and the fit always runs: the
+    schedule search and the refinement are cut to what remains after the stages before them (:mod:`.cost`;
+    ``FitResult.cut_by_budget`` says what was cut, and by how much the reference and the fit alone went past the
+    budget), so the result is the best fit the budget allows."""
+    counter = ModelCallCounter(model)
+    steps = len(sigmas) - 1
+    budget = settings.max_model_calls
+    if budget:
+        if budget - fit_calls(steps) < MIN_REFERENCE_CALLS:
+            raise ValueError(f"max_model_calls = {budget} is too small for a {steps}-step fit: the fit takes "
+                             f"{fit_calls(steps)} model calls and the reference solve at least "
+                             f"{MIN_REFERENCE_CALLS} more (typically hundreds); raise it or set 0 (no limit)")
+    calls, cuts = {}, []
     search = refinement = None
-    if searched:
-        reference, stats = dense_reference(model, x, float(sigmas[0]), sigma_min, extra_args,
+    evaluations, first_calls = settings.schedule_evaluations, [(r, r) for r in settings.first_call_starts]
+    if evaluations > 0:
+        reference, stats = dense_reference(counter, x, float(sigmas[0]), sigma_min, extra_args,
                                            rtol=settings.reference_rtol, data_end_sigma=data_end_sigma)
-        search, fit = optimize_fitted(model, x, sigmas, reference, extra_args, settings.prediction, settings.order,
-                                      settings.history, data_end_sigma, max_evaluations=settings.schedule_evaluations,
-                                      guidance=guidance, guidance_history=settings.guidance_history,
-                                      first_calls=[(r, r) for r in settings.first_call_starts])
-        grid, endpoint = search.sigmas, reference.states[-1]
+        calls["reference"] = counter.calls
+        if budget:
+            affordable = affordable_evaluations(budget - counter.calls - fit_calls(steps), steps, len(first_calls))
+            if affordable < evaluations:
+                cuts.append(f"schedule search cut to {affordable} of {evaluations} candidate grids by max_model_calls"
+                            if affordable else "schedule search skipped: max_model_calls leaves too few model calls")
+                evaluations = affordable
     else:
-        targets, stats = reference_trajectory(model, x, sigmas, extra_args, rtol=settings.reference_rtol,
+        targets, stats = reference_trajectory(counter, x, sigmas, extra_args, rtol=settings.reference_rtol,
                                               sigma_min=sigma_min, data_end_sigma=data_end_sigma)
-        fit = fit_solver(model, x, sigmas, targets, extra_args, settings.prediction, settings.order,
+        calls["reference"] = counter.calls
+    if evaluations > 0:
+        search, fit = optimize_fitted(counter, x, sigmas, reference, extra_args, settings.prediction, settings.order,
+                                      settings.history, data_end_sigma, knots=SEARCH_KNOTS,
+                                      max_evaluations=evaluations,
+                                      guidance=guidance, guidance_history=settings.guidance_history,
+                                      first_calls=first_calls)
+        grid, endpoint = search.sigmas, reference.states[-1]
+        calls["schedule_search"] = counter.calls - calls["reference"]
+    else:
+        if settings.schedule_evaluations > 0:
+            targets = reference.targets(sigmas.tolist())
+        fit = fit_solver(counter, x, sigmas, targets, extra_args, settings.prediction, settings.order,
                          settings.history, data_end_sigma, disable=disable, guidance=guidance,
                          guidance_history=settings.guidance_history)
         grid, endpoint = sigmas, targets[-1]
+        calls["fit"] = counter.calls - calls["reference"]
     solver = fit.solver
-    if settings.refine_iterations > 0:
-        refinement = refine_end_to_end(model, x, grid, endpoint, solver, extra_args, settings.refine_iterations,
-                                       move_grid=searched, guidance=guidance, move_first_call=searched)
+    if budget and counter.calls > budget:
+        cuts.append(f"the reference solve ({calls['reference']} model calls) and the fit went {counter.calls - budget} "
+                    f"past max_model_calls (a looser reference_rtol makes the reference cheaper)")
+    iterations = settings.refine_iterations
+    if budget and iterations > 0:
+        left, typical = budget - counter.calls, refinement_calls_per_iteration(steps, settings.history)
+        if left < typical:
+            cuts.append(f"refinement skipped: max_model_calls leaves {left} model calls, an iteration takes "
+                        f"≈ {typical}")
+            iterations = 0
+        counter.limit = budget
+    if iterations > 0:
+        before = counter.calls
+        refinement = refine_end_to_end(counter, x, grid, endpoint, solver, extra_args, iterations,
+                                       move_grid=evaluations > 0, guidance=guidance, move_first_call=evaluations > 0)
         solver = refinement.solver
         grid = torch.tensor(solver.sigmas, dtype=grid.dtype, device=grid.device)
-    return FitResult(settings, solver, grid, stats.nfe, fit, refinement, search)
+        calls["refinement"] = counter.calls - before
+        if refinement.stopped_by_budget:
+            cuts.append(f"refinement stopped by max_model_calls after {refinement.accepted} accepted steps (the "
+                        f"best iterate is kept)")
+    return FitResult(settings, solver, grid, stats.nfe, fit, refinement, search, calls, tuple(cuts))

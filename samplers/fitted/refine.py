@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..common import SigmaSteps
+from .cost import ModelCallBudgetExhausted
 from .least_squares import two_folds
 from .solver import FittedSolver, _StepCache, first_call_fits, run_solver
 
@@ -40,6 +41,7 @@ class Refinement:
     iterations: int
     accepted: int
     moved_nodes: int
+    stopped_by_budget: bool = False
 
 
 def _endpoint_folds(residual):
@@ -268,44 +270,48 @@ def refine_end_to_end(model, x, sigmas, endpoint, solver: FittedSolver, extra_ar
     current = problem.evaluate(parameters.start)
     start_error, start_held = _rms(current.residual.double()), _rms(current.held_part)
     best = (start_held, 0, current.vector, current.residual)  # the iterate returned: lowest held-out error
-    accepted, damping = 0, START_DAMPING
+    accepted, damping, stopped_by_budget = 0, START_DAMPING, False
     for _ in range(iterations):
-        jacobian = problem.jacobian(current)
-        gradient, normal = jacobian.T @ current.fit_part.reshape(-1), jacobian.T @ jacobian
-        # Marquardt's scaling; a parameter the endpoint barely depends on (log a of a first call at σ_max of a flow,
-        # whose output does not depend on its input) would otherwise get a rounding-noise step of any size
-        scale = torch.diag(normal.diagonal().clamp_min(1e-12 * float(normal.diagonal().max()) + 1e-300))
-        vector, before = current.vector, (current.plain_errors(), current.trimmed_errors())
-        current = None  # one cached run alive at a time: the candidates' runs below keep theirs
+        try:
+            jacobian = problem.jacobian(current)
+            gradient, normal = jacobian.T @ current.fit_part.reshape(-1), jacobian.T @ jacobian
+            # Marquardt's scaling; a parameter the endpoint barely depends on (log a of a first call at σ_max of a flow,
+            # whose output does not depend on its input) would otherwise get a rounding-noise step of any size
+            scale = torch.diag(normal.diagonal().clamp_min(1e-12 * float(normal.diagonal().max()) + 1e-300))
+            vector, before = current.vector, (current.plain_errors(), current.trimmed_errors())
+            current = None  # one cached run alive at a time: the candidates' runs below keep theirs
 
-        def judge(damping):
-            """This damping's candidates against the guard: (the first iterate that passes it, the first candidate
-            whose trimmed errors fall) — each None when there is none."""
-            trimmed = None
-            for candidate in parameters.candidates(vector, normal, gradient, scale, damping):
-                if not parameters.valid(candidate):
-                    continue
-                outcome = problem.evaluate(candidate)
-                if _falls(outcome.plain_errors(), before[0]):
-                    return outcome, trimmed
-                if trimmed is None and _falls(outcome.trimmed_errors(), before[1]):
-                    trimmed = candidate
-                outcome = None  # a rejected candidate's run is released before the next one is made
-            return None, trimmed
+            def judge(damping):
+                """This damping's candidates against the guard: (the first iterate that passes it, the first candidate
+                whose trimmed errors fall) — each None when there is none."""
+                trimmed = None
+                for candidate in parameters.candidates(vector, normal, gradient, scale, damping):
+                    if not parameters.valid(candidate):
+                        continue
+                    outcome = problem.evaluate(candidate)
+                    if _falls(outcome.plain_errors(), before[0]):
+                        return outcome, trimmed
+                    if trimmed is None and _falls(outcome.trimmed_errors(), before[1]):
+                        trimmed = candidate
+                    outcome = None  # a rejected candidate's run is released before the next one is made
+                return None, trimmed
 
-        improved, found, fallback = search_damping(judge, damping)
-        if improved is None and fallback is not None:  # only the trimmed sums fall: take that step, run again
-            improved, found = problem.evaluate(fallback[0]), fallback[1]
-        if improved is None:
-            break  # no step helps both halves: the held-out half stopped improving
-        current, damping = improved, max(found / 3, 1e-9)
-        accepted += 1
-        held_out = _rms(current.held_part)
-        if held_out < best[0]:
-            best = (held_out, accepted, current.vector, current.residual)
+            improved, found, fallback = search_damping(judge, damping)
+            if improved is None and fallback is not None:  # only the trimmed sums fall: take that step, run again
+                improved, found = problem.evaluate(fallback[0]), fallback[1]
+            if improved is None:
+                break  # no step helps both halves: the held-out half stopped improving
+            current, damping = improved, max(found / 3, 1e-9)
+            accepted += 1
+            held_out = _rms(current.held_part)
+            if held_out < best[0]:
+                best = (held_out, accepted, current.vector, current.residual)
+        except ModelCallBudgetExhausted:  # a budgeted model (fit_pipeline): keep the best iterate reached
+            stopped_by_budget = True
+            break
     held_out, chosen, vector, residual = best
     coefficients, nodes, first = parameters.unpack(vector)
     refined = replace(solver, sigmas=tuple(nodes), coefficients=coefficients, first_call=first)
     return Refinement(refined, error_before=start_error, error=_rms(residual.double()), held_out_before=start_held,
                       held_out=held_out, iterations=chosen, accepted=accepted,
-                      moved_nodes=sum(a != b for a, b in zip(nodes, grid)))
+                      moved_nodes=sum(a != b for a, b in zip(nodes, grid)), stopped_by_budget=stopped_by_budget)

@@ -241,6 +241,21 @@ def test_fitted_solver_with_schedule_optimization_samples_its_own_sigmas(comfy, 
     assert digit_classifier.accuracy(pixels, torch.full((BATCH,), DIGIT)) >= MIN_ACCURACY
 
 
+def test_fitted_solver_preset_and_model_call_budget(comfy):
+    """preset balanced (schedule search over 60 grids) under max_model_calls 600: the node logs its plan, counts
+    each stage's model calls, cuts the search to what the reference and the fit leave, and says so."""
+    prompt = fitted_solver_prompt("digits-flow", "simple", "velocity", prefix="fitted_budget")
+    prompt["16"]["inputs"].update(preset="balanced", max_model_calls=600)
+    prompt["5"]["inputs"]["sigmas"] = ["16", 2]
+    fit = comfy.run(prompt)["outputs"]["16"]["flowscope_fit"][0]
+    assert fit["preset"] == "balanced" and fit["max_model_calls"] == 600
+    assert fit["planned_model_calls"]["fit"] == 4 * 6 and fit["planned_model_calls"]["schedule_search"] > 600
+    spent = sum(fit["model_calls"].values())
+    assert fit["model_calls"]["reference"] == fit["reference_nfe"]
+    assert spent <= 600 or any("past max_model_calls" in cut for cut in fit["cut_by_budget"]), fit
+    assert any(cut.startswith("schedule search") for cut in fit["cut_by_budget"]), fit
+
+
 def test_fitted_solver_on_other_sigmas_gives_a_clear_error_and_the_server_stays_up(comfy):
     prompt = fitted_solver_prompt("digits-flow", "simple", "data", prefix="fitted_mismatch")
     prompt["19"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "simple", "steps": 7,
