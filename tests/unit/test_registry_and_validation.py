@@ -56,6 +56,7 @@ def test_samplers_info_and_readme_table_come_from_one_spec_list():
     assert table.splitlines()[2:] == [spec.table_row() for spec in SAMPLER_SPECS]
     assert "| `fs_rk4` | 4 (3.84) | 4 |" in table and "| `fs_dopri5` | 5 | adaptive, 6 per attempt |" in table
     readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 15_000, "README.md is a user's guide of at most 15 KB; method details go to docs/"
     start, end = "<!-- sampler-table:start -->\n", "\n<!-- sampler-table:end -->"
     assert readme.count(start) == 1 and readme.count(end) == 1, "README.md needs the sampler-table markers once"
     shown = readme[readme.index(start) + len(start):readme.index(end)]
