@@ -132,12 +132,21 @@ def with_guidance_probe(sampler_fn):
     return sample
 
 
+def _downscale_ratios(latent: dict) -> dict:
+    """The LATENT's downscale ratios for ``fix_empty_latent_channels`` where ComfyUI's takes them (newer versions,
+    as their SamplerCustomAdvanced passes them); nothing where it takes only the model and the latent."""
+    parameters = inspect.signature(comfy.sample.fix_empty_latent_channels).parameters
+    return {name: latent.get(name) for name in ("downscale_ratio_spacial", "downscale_ratio_temporal")
+            if name in parameters}
+
+
 def sample_like_custom_advanced(guider, sampler, sigmas, latent_image: dict, noise, callback=None,
                                 disable_pbar=True):
     """``guider.sample`` called as ComfyUI's SamplerCustomAdvanced does: the empty latent re-channelled to the
     model, noise from the NOISE object, the latent's noise mask and the noise seed."""
     latent = latent_image.copy()
-    latent["samples"] = comfy.sample.fix_empty_latent_channels(guider.model_patcher, latent["samples"])
+    latent["samples"] = comfy.sample.fix_empty_latent_channels(guider.model_patcher, latent["samples"],
+                                                               **_downscale_ratios(latent))
     return guider.sample(noise.generate_noise(latent), latent["samples"], sampler, sigmas,
                          denoise_mask=latent.get("noise_mask"), callback=callback, disable_pbar=disable_pbar,
                          seed=noise.seed)

@@ -35,16 +35,25 @@ def sampler_label(sampler) -> str:
     return name.removeprefix("sample_")
 
 
+def packed_latent(latent):
+    """A multi-part latent (``comfy.nested_tensor.NestedTensor``) as the one flat ``[B, 1, N]`` tensor the sampler
+    works on (``comfy.utils.pack_latents``); any other tensor as it is."""
+    if getattr(latent, "is_nested", False):
+        return comfy.utils.pack_latents(latent.unbind())[0]
+    return latent
+
+
 def record_sampling(guider, sampler, sigmas, latent_image: dict, noise, label: str = "",
                     record_latents: bool = False, max_latents: int = 64, preview: bool = True):
     """Run ``guider.sample`` exactly as SamplerCustomAdvanced does, with a recorder attached through
     ComfyUI's wrapper mechanism (predict-noise: every model call; sampler-sample: the sampler's own output).
     Returns (samples, denoised_or_None, Trajectory).
 
-    A multi-part latent (ComfyUI ≥ 0.8: ``samples`` is a ``comfy.nested_tensor.NestedTensor``, e.g. LTXAV video
-    + audio) reaches the sampler packed into one flat [B, 1, N] tensor (``comfy.utils.pack_latents``): the
-    recorder then also keeps every statistic per part (:func:`latent_parts`), and the outputs come back as
-    SamplerCustomAdvanced returns them — ``samples`` nested, ``denoised`` unpacked into the parts' shapes."""
+    A multi-part latent (``samples`` a ``comfy.nested_tensor.NestedTensor``, e.g. LTXAV video + audio) reaches the
+    sampler packed into one flat [B, 1, N] tensor (``comfy.utils.pack_latents``): the recorder then also keeps every
+    statistic per part (:func:`latent_parts`), and the outputs come back as SamplerCustomAdvanced returns them —
+    ``samples`` nested, ``denoised`` in the parts' shapes. Newer ComfyUI hands the step callback the parts
+    (NestedTensors) instead of the packed tensor; the recorder gets them packed again (:func:`packed_latent`)."""
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
     flow = model_family(model_sampling).flow
     recorder = TrajectoryRecorder(flow, sigmas, label=label or sampler_label(sampler),
@@ -56,7 +65,7 @@ def record_sampling(guider, sampler, sigmas, latent_image: dict, noise, label: s
                         if preview else None)
 
     def callback(step, denoised, x, total_steps):
-        recorder.on_step(step, x, denoised)
+        recorder.on_step(step, packed_latent(x), packed_latent(denoised))
         if preview_callback is not None:
             preview_callback(step, denoised, x, total_steps)
 
@@ -85,9 +94,9 @@ def record_sampling(guider, sampler, sigmas, latent_image: dict, noise, label: s
     trajectory.extra["sigmas"] = [float(s) for s in sigmas.tolist()]
     samples = samples.to(comfy.model_management.intermediate_device())  # NestedTensor.to maps over the parts
     denoised = None
-    if "x0" in x0_output:  # the callback's x0 is the sampler's flat (packed) tensor
+    if "x0" in x0_output:  # the sampler's flat (packed) tensor, or already its parts on newer ComfyUI
         denoised = guider.model_patcher.model.process_latent_out(x0_output["x0"].cpu())
-        if getattr(samples, "is_nested", False):  # only ComfyUI ≥ 0.8 has nested latents
+        if getattr(samples, "is_nested", False) and not getattr(denoised, "is_nested", False):
             import comfy.nested_tensor as nested_tensor  # "as": a bare import would make comfy a local name
 
             shapes = [part.shape for part in samples.unbind()]

@@ -420,3 +420,16 @@ def test_low_precision_models(pack, key, dtype):
     results |= {label: custom(family, execute(node, **inputs)[0], sigmas, latent)
                 for label, (node, inputs) in sampler_node_variants(pack).items()}
     check_all(results, stock)
+
+
+def test_a_step_callback_given_the_parts_of_a_multi_part_latent_records_the_packed_tensor(pack):
+    """Newer ComfyUI calls the step callback with a multi-part latent's parts (a NestedTensor) where older ones
+    pass the packed [B, 1, N] tensor the sampler works on: the recorder gets the packed tensor either way."""
+    import comfy.nested_tensor
+    import comfy.utils
+
+    packed_latent = pack_module("nodes.diagnostic_nodes").packed_latent
+    video, audio = torch.randn(2, 4, 3, 8, 8), torch.randn(2, 8, 16)
+    flat, shapes = comfy.utils.pack_latents([video, audio])
+    assert torch.equal(packed_latent(comfy.nested_tensor.NestedTensor([video, audio])), flat)
+    assert packed_latent(flat) is flat and shapes == [video.shape, audio.shape]
