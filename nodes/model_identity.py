@@ -36,18 +36,20 @@ def fit_provenance(guider, latent_image: dict) -> dict:
             "latent_shape": latent_shape(latent_image["samples"])}
 
 
+def _parts(samples) -> list:
+    """The parts of a multi-part latent (``comfy.nested_tensor.NestedTensor``), or ``[samples]``."""
+    return list(samples.unbind()) if getattr(samples, "is_nested", False) else [samples]
+
+
 def latent_batch(latent_image: dict) -> int:
     """The number of latents in a LATENT (the pilot size of a planning node)."""
-    samples = latent_image["samples"]
-    parts = getattr(samples, "tensors", None) or [samples]
-    return int(parts[0].shape[0])
+    return int(_parts(latent_image["samples"])[0].shape[0])
 
 
 def latent_shape(samples) -> str:
     """'C×H×W' of one LATENT input (without the batch) as given to the node; multi-part latents list each part,
     joined by '+'."""
-    parts = getattr(samples, "tensors", None) or [samples]
-    return "+".join("×".join(str(n) for n in part.shape[1:]) for part in parts)
+    return "+".join("×".join(str(n) for n in part.shape[1:]) for part in _parts(samples))
 
 
 def model_mismatch(recorded: dict, current: dict) -> str:

@@ -30,7 +30,7 @@ from typing import Optional
 from ..common import ModelDerivative, SigmaSteps, check_choice, progress_range, validate_data_end_sigma, \
     validate_latent
 from ..predictor_corrector import PREDICTIONS, _apply
-from .least_squares import least_squares_coefficients, two_folds
+from .least_squares import fold_rows, least_squares_coefficients, two_folds
 from .solver import FittedSolver, _evaluate, _History, _latest_guidance, run_solver
 
 
@@ -82,11 +82,6 @@ def _rms(a, b) -> float:
     return float((a - b).double().pow(2).mean().sqrt())
 
 
-def _rows(tensors, rows):
-    """``tensors`` (each ``[B, …]``) flattened to ``[B, M]`` and cut to ``rows`` (an index of :func:`two_folds`)."""
-    return [t.reshape(t.shape[0], -1)[rows] for t in tensors]
-
-
 def _fit_steps(model, x, grid, sigmas, extra_args, disable, solver: FittedSolver, targets, guidance, rows=None):
     """Run ``solver``'s base update on ``grid`` and fit each step's coefficients to ``targets`` (see the module
     docstring, steps 2 and 3) — on the pilot's ``rows`` only when given (the whole pilot follows the coefficients).
@@ -106,15 +101,14 @@ def _fit_steps(model, x, grid, sigmas, extra_args, disable, solver: FittedSolver
         features, residual = history.features(x), targets[i] - base
         floors = history.penalty_floors(features)
         if rows is not None:
-            features, (residual,) = _rows(features, rows), _rows([residual], rows)
+            features, residual = [fold_rows(f, rows) for f in features], fold_rows(residual, rows)
         coefficients.append(least_squares_coefficients(features, residual, floors=floors))
         x = history.step(x, grid[i + 1], coefficients[i])
     return replace(solver, coefficients=coefficients), x
 
 
 def _rms_rows(a, b, rows) -> float:
-    (difference,) = _rows([(a - b).double()], rows)
-    return float(difference.pow(2).mean().sqrt())
+    return float(fold_rows((a - b).double(), rows).pow(2).mean().sqrt())
 
 
 def held_out_estimate(model, x, grid, sigmas, targets, start: FittedSolver, base_end, extra_args=None,

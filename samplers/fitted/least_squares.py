@@ -18,6 +18,11 @@ def two_folds(batch: int, size: int) -> tuple:
     return (slice(None), slice(None, size // 2)), (slice(None), slice(size // 2, None))
 
 
+def fold_rows(tensor, fold):
+    """``tensor`` (``[B, …]``) flattened to ``[B, M]`` and cut to ``fold`` (an index of :func:`two_folds`)."""
+    return tensor.reshape(tensor.shape[0], -1)[fold]
+
+
 def _ridge_solution(gram, rhs, ridge, floors=None):
     """Ridge solution on normalized columns (float64); a zero feature gets coefficient 0. ``floors``: per column,
     a least norm the penalty measures the coefficient with (``λ·(c_k·max(‖f_k‖, floor_k))²``)."""

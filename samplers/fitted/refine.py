@@ -20,7 +20,7 @@ import torch
 
 from ..common import SigmaSteps
 from .cost import ModelCallBudgetExhausted
-from .least_squares import two_folds
+from .least_squares import fold_rows, two_folds
 from .solver import FittedSolver, _StepCache, first_call_fits, run_solver
 
 TRIMMED_FRACTION = 0.02  # the guard leaves out this fraction of each half's largest sample errors
@@ -47,8 +47,8 @@ class Refinement:
 def _endpoint_folds(residual):
     """The two halves (:func:`~.least_squares.two_folds`) of an endpoint residual ``[B, …]`` as float64 rows, one
     per sample (a batch of one, split along the latent: one row each)."""
-    flat = residual.double().reshape(residual.shape[0], -1)
-    return tuple(flat[fold] for fold in two_folds(*flat.shape))
+    flat = residual.double()
+    return tuple(fold_rows(flat, fold) for fold in two_folds(flat.shape[0], flat[0].numel()))
 
 
 def _trimmed_squared_error(rows) -> float:

@@ -27,11 +27,11 @@ def noise(seed, batch):
     return torch.randn(batch, DIM, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * SIGMA_MAX
 
 
-def fit(model, pilot, steps, history=8):
+def fit(model, pilot, steps, history=8, held_out=True):
     grid = karras_sigmas(steps, sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, dtype=torch.float64)
     targets, _ = reference_trajectory(model, pilot, grid, rtol=1e-9, sigma_min=SIGMA_MIN)
     return grid, fit_solver(model, pilot, grid, targets, prediction="data", order=3, history=history,
-                            guidance_history=0)
+                            guidance_history=0, held_out=held_out)
 
 
 def fresh_error(model, grid, solver):
@@ -51,9 +51,7 @@ def test_one_pilot_latent_is_reported_as_too_small_to_estimate():
     report = FitResult(FitSettings(history=8), result.solver, grid, 0, result).report(8)
     assert "pilot too small to estimate: one latent" in report and "held-out estimate" in report
     # the fit itself overfits: far below the base on the pilot, far above it on fresh seeds
-    fitted = fit_solver(model, noise(7, 1), grid, reference_trajectory(model, noise(7, 1), grid, rtol=1e-9,
-                                                                        sigma_min=SIGMA_MIN)[0],
-                        prediction="data", order=3, history=8, guidance_history=0, held_out=False)
+    _, fitted = fit(model, noise(7, 1), steps=8, held_out=False)
     assert fitted.error < 1e-6 * fitted.base_error
     base = replace(fitted.solver, coefficients=[[0.0] * len(c) for c in fitted.solver.coefficients])
     assert fresh_error(model, grid, fitted.solver) > 5 * fresh_error(model, grid, base)
