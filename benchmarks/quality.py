@@ -3,6 +3,7 @@ sampler × schedule, all through ComfyUI's real sampling path (CFGGuider.sample 
 
     .venv/bin/python benchmarks/quality.py            # full run (all samplers × schedulers, batch 64; hours on 2 cores)
     .venv/bin/python benchmarks/quality.py --standard # deterministic samplers, 64 test samples: the published table
+    .venv/bin/python benchmarks/quality.py --dropdown --out docs/benchmark_dropdown.md  # dropdown names only
     .venv/bin/python benchmarks/quality.py --quick --out /tmp/q.md   # CI smoke test (a few minutes)
 
 Problems: the analytic mixture (exact log-density), digits-flow and digits-diffusion with and without CFG.
@@ -188,6 +189,9 @@ def main(argv=None):
     parser.add_argument("--standard", action="store_true",
                         help="all problems and budgets, deterministic samplers only, 64 test samples "
                              "(about 100 min on 2 cores as two parallel 1-thread parts merged with --merge)")
+    parser.add_argument("--dropdown", action="store_true",
+                        help="the standard preset's dropdown-only part: every deterministic sampler name × scheduler "
+                             "name with default options, no pilot-based methods (its own page)")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "benchmark_quality.md")
     parser.add_argument("--problems", nargs="+", choices=[name for name, _, _ in PROBLEMS],
                         help="only these problems (one-off measurements; the published table has all)")
@@ -201,7 +205,7 @@ def main(argv=None):
                              "the standard run as two processes with --threads 1 and --problems) instead of running")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    mode = "quick" if args.quick else "standard" if args.standard else "full"
+    mode = "quick" if args.quick else "standard" if args.standard else "dropdown" if args.dropdown else "full"
     command = "python benchmarks/quality.py" + ("" if mode == "full" else f" --{mode}")
     if args.problems:
         command += " --problems " + " ".join(f"'{name}'" for name in args.problems)
@@ -211,7 +215,8 @@ def main(argv=None):
         run = quality_report.merged_runs(args.merge, mode)
     else:
         results, references = benchmark(mode, problems=args.problems, budgets=args.budgets)
-        run = {"command": command, "mode": mode, "references": references, "results": results}
+        run = {"command": command, "mode": mode, "references": references, "results": results,
+               "sections": list(quality_report.SECTIONS)}
     run.update(date=utc_now(), commit=commit(), first_call_starts=list(first_call_starts()),
                machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
                        f"torch {torch.__version__}")

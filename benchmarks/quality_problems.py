@@ -14,6 +14,11 @@ from benchmarks.harness import ROOT, fit_solver
 from benchmarks.quality_setup import FITTED_REFINED, PILOT_SEED
 
 
+def is_analytic(model_name: str) -> bool:
+    """The exact Gaussian-mixture demo models (analytic, analytic-narrow)."""
+    return model_name.startswith("analytic")
+
+
 class Problem:
     def __init__(self, name, model_name, cfg, batch, seed=0):
         import comfy.sample
@@ -24,7 +29,7 @@ class Problem:
         self.model_sampling = self.model.get_model_object("model_sampling")
         labels = torch.arange(batch) % 10
         positive = torch.nn.functional.one_hot(labels, networks.CONDITION_DIM).float()[:, None]
-        if model_name == "analytic":  # the whole mixture: an unconditional exact flow
+        if is_analytic(model_name):  # the whole mixture: an unconditional exact flow
             positive = networks.condition_vector(None).repeat(batch, 1, 1)
         self.labels = labels
         self.guider = CountingGuider(self.model, [[positive, {}]], [[networks.condition_vector(None), {}]], cfg)
@@ -75,20 +80,25 @@ class Labeler:
         digits = pack_module("models.digits_data")
         train_x, train_y, _, _ = digits.load_digits_split()
         self.classifier = digits.NearestClassMean(train_x, train_y)
-        gaussian_mixture = pack_module("models.gaussian_mixture")
-        from safetensors.torch import load_file
+        self.mixtures = {}
 
-        weights = load_file(str(ROOT / "models" / "analytic.safetensors"))
-        self.mixture = gaussian_mixture.GaussianMixture(weights["means"].double(), weights["stds"].double(),
-                                                        weights["log_weights"].double())
+    def mixture(self, model_name: str):
+        if model_name not in self.mixtures:
+            from safetensors.torch import load_file
+
+            gaussian_mixture = pack_module("models.gaussian_mixture")
+            weights = load_file(str(ROOT / "models" / f"{model_name}.safetensors"))
+            self.mixtures[model_name] = gaussian_mixture.GaussianMixture(
+                weights["means"].double(), weights["stds"].double(), weights["log_weights"].double())
+        return self.mixtures[model_name]
 
     def modes(self, problem: Problem, samples):
-        if problem.model_name == "analytic":
-            return self.mixture.component_of(samples.double())
+        if is_analytic(problem.model_name):
+            return self.mixture(problem.model_name).component_of(samples.double())
         return self.classifier.predict(samples)
 
-    def log_likelihood(self, samples):
-        return self.mixture.log_prob(samples.double(), 0.0)
+    def log_likelihood(self, problem: Problem, samples):
+        return self.mixture(problem.model_name).log_prob(samples.double(), 0.0)
 
 
 def metrics(problem, labeler, samples, reference, reference_modes):
@@ -98,9 +108,9 @@ def metrics(problem, labeler, samples, reference, reference_modes):
 
     result = {**endpoint_errors(samples, reference),
               "mode_flip": float((labeler.modes(problem, samples) != reference_modes).float().mean())}
-    if problem.model_name == "analytic":
-        result["loglik_shift"] = float(labeler.log_likelihood(samples).mean()
-                                       - labeler.log_likelihood(reference).mean())
+    if is_analytic(problem.model_name):
+        result["loglik_shift"] = float(labeler.log_likelihood(problem, samples).mean()
+                                       - labeler.log_likelihood(problem, reference).mean())
     if not math.isfinite(result["rms_error"]):
         result["rms_error"] = result["median_error"] = float("inf")
     return result

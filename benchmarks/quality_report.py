@@ -16,12 +16,14 @@ import math
 import pathlib
 
 from benchmarks.harness import first_call_starts, write_json
-from benchmarks.quality_setup import (FITTED_JOINT, FITTED_REFINED, FITTED_SOLVERS, JOINT_EVALUATIONS, OPTIMIZED,
-                                      OPTIMIZER_EVALUATIONS, PILOT_BATCH, PILOT_SEED, PROBLEMS, REFINE_ITERATIONS,
+from benchmarks.quality_setup import (FITTED_JOINT, FITTED_REFINED, FITTED_SOLVERS, FLOWSCOPE_VARIANTS,
+                                      JOINT_EVALUATIONS, OPTIMIZED, OPTIMIZER_EVALUATIONS, PILOT_BATCH, PILOT_SEED, PROBLEMS, REFINE_ITERATIONS,
                                       REFINE_PILOT_BATCH, SKIPPED_BUILTINS, TEST_BATCH, TRAJECTORY_ADAPTIVE)
 
 FAMILIES = ("built-in", "FlowScope")
-RUN_FIELDS = ("command", "mode", "date", "machine", "commit", "note", "first_call_starts", "references")
+RUN_FIELDS = ("command", "mode", "date", "machine", "commit", "note", "first_call_starts", "references", "sections")
+# Optional report sections a run's results support (runs saved without "sections" predate them).
+SECTIONS = ("dropdown",)
 
 
 def best_rows(results):
@@ -48,12 +50,65 @@ def plain_rows(results):
             and row.get("sampler") not in FITTED_SOLVERS]
 
 
+def dropdown_rows(results):
+    """Built-in rows and the FlowScope rows a KSampler user gets: a registered ``fs_`` sampler name with its default
+    options on a scheduler name (no pilot-based method, no option variant)."""
+    return [row for row in plain_rows(results)
+            if row.get("family") == "built-in" or row.get("sampler") not in FLOWSCOPE_VARIANTS]
+
+
+FLOW_PROBLEMS = ("analytic", "digits-flow", "digits-flow cfg 3", "analytic-narrow")
+RECOMMENDATION_CUTOFF = 1.0  # a configuration is recommendable for a model family only at ≤ 1.0× the built-in best
+
+
+def competitive_rows(results):
+    """FlowScope dropdown rows at most :data:`RECOMMENDATION_CUTOFF` × their cell's best built-in error: the
+    candidates of :func:`recommendations`."""
+    best = best_rows(results)
+    rows = []
+    for row in dropdown_rows(results):
+        builtin = best.get((row.get("problem"), row.get("budget"), "built-in"))
+        if (row.get("family") == "FlowScope" and builtin and math.isfinite(row["rms_error"])
+                and row["rms_error"] <= RECOMMENDATION_CUTOFF * builtin["rms_error"]):
+            rows.append(row)
+    return rows
+
+
+def recommendations(results) -> dict:
+    """{(model family, budget): (sampler, scheduler, geometric-mean ratio, cells)}: per family (flow: the problems
+    in :data:`FLOW_PROBLEMS`, diffusion: the others) and budget, the dropdown configuration that is within the
+    cutoff on every problem of the family with the lowest geometric mean of its ratios to the built-in best."""
+    best = best_rows(results)
+    problems = problem_order(results)
+    chosen = {}
+    for family, members in (("flow", [p for p in problems if p in FLOW_PROBLEMS]),
+                            ("diffusion", [p for p in problems if p not in FLOW_PROBLEMS])):
+        budgets = sorted({row["budget"] for row in results if row.get("budget") and row["problem"] in members})
+        for budget in budgets:
+            ratios = {}
+            for row in competitive_rows(results):
+                if row["problem"] in members and row["budget"] == budget:
+                    builtin = best[(row["problem"], budget, "built-in")]
+                    ratios.setdefault((row["sampler"], row["scheduler"]), []).append(
+                        row["rms_error"] / builtin["rms_error"])
+            complete = {key: values for key, values in ratios.items() if len(values) == len(members)}
+            if complete:
+                key = min(complete, key=lambda k: sum(math.log(r) for r in complete[k]))
+                mean = math.exp(sum(math.log(r) for r in complete[key]) / len(members))
+                chosen[(family, budget)] = (*key, mean, len(members))
+    return chosen
+
+
 def summarize(run: dict) -> dict:
     """The run with only the result rows its tables and plot read: each problem × budget × family's best row
-    (over all configurations and over :func:`plain_rows`), and the failed configurations; rows keep their order,
-    so ties resolve as in the full results."""
+    (over all configurations, over :func:`plain_rows` and over :func:`dropdown_rows`), the candidates of the
+    recommendations, and the failed configurations; rows keep their order, so ties resolve as in the full
+    results."""
     results = run["results"]
-    keep = {id(row) for row in best_rows(results).values()} | {id(row) for row in best_rows(plain_rows(results)).values()}
+    keep = set()
+    for rows in (results, plain_rows(results), dropdown_rows(results)):
+        keep |= {id(row) for row in best_rows(rows).values()}
+    keep |= {id(row) for row in competitive_rows(results)}
     rows = [row for row in results if id(row) in keep or row.get("failed")]
     return {**{key: run[key] for key in RUN_FIELDS if key in run}, "results": rows}
 
@@ -65,6 +120,8 @@ def report(run: dict) -> tuple[str, dict]:
     best = best_rows(results)
     problems = problem_order(results)
     budgets = sorted({row["budget"] for row in results if row.get("budget")})
+    if mode == "dropdown":
+        return dropdown_report(run, problems, budgets)
     lines = [
         "# Quality benchmark: endpoint error vs NFE", "",
         "What is measured: the endpoint error against a tight reference solve of the same noise, at NFE budgets of "
@@ -121,6 +178,8 @@ def report(run: dict) -> tuple[str, dict]:
                 lines.append(f"| {problem} | {budget} | {ours['sampler']} / {ours['scheduler']} ({ours['nfe']}) | "
                              f"{ours['rms_error']:.2e} | {ours['mode_flip']:.2f} | "
                              f"{ours['rms_error'] / builtin['rms_error']:.2f} |")
+    if "dropdown" in run.get("sections", ()):
+        lines += dropdown_section(results, problems, budgets)[0]
     failed = [row for row in results if row.get("failed")]
     if failed:
         lines += ["", "Configurations that could not run: " + "; ".join(
@@ -159,6 +218,63 @@ def report(run: dict) -> tuple[str, dict]:
               "refined SIGMAS the node returns."]
     return "\n".join(lines) + "\n", summary
 
+
+
+def run_header(run: dict) -> list[str]:
+    references = run["references"]
+    return [f"Command: `{run['command']}`  ",
+            f"Date: {run['date']}; commit {run.get('commit', 'unknown')}; machine: {run['machine']}; "
+            f"mode: {run['mode']}." + (f"  \n{run['note']}" if run.get("note") else ""), "",
+            "References (fs_dopri5, tight tolerance, same noise): " + "; ".join(
+                f"{name}: {ref['nfe']} NFE, own accuracy {ref['accuracy']:.1e}" for name, ref in references.items())]
+
+
+def dropdown_report(run: dict, problems, budgets) -> tuple[str, dict]:
+    """The page of a ``--dropdown`` run (the quality benchmark restricted to the sampler and scheduler names) and
+    its per-cell summary (:func:`dropdown_section`)."""
+    lines = ["# Dropdown benchmark: sampler names against ComfyUI's built-ins, no pilot", "",
+             "What is measured: the quality benchmark (`benchmarks/quality.py --dropdown`) restricted to what a user "
+             "picks in KSampler's dropdowns: every deterministic built-in sampler × scheduler and every "
+             "deterministic FlowScope sampler name (default options) × every scheduler name, through ComfyUI's "
+             "real sampling path on the demo models; endpoint RMS error against a tight reference solve of the "
+             f"same noise ({TEST_BATCH[run['mode']]} samples of seed 0) at NFE budgets of 4–32 model calls (a "
+             "method gets the largest step count whose NFE fits). This page is written by "
+             "`benchmarks/quality_report.py` from the summary JSON beside it.", "", *run_header(run)]
+    section, cells = dropdown_section(run["results"], problems, budgets)
+    return "\n".join(lines + section) + "\n", cells
+
+
+def dropdown_section(results, problems, budgets) -> tuple[list[str], dict]:
+    """The "dropdown only" summary: the best FlowScope sampler name (default options) on any scheduler name against
+    the best built-in, per cell (target ≤ 0.8×, never above 1.0×), and the recommended name per model family and
+    budget (:func:`recommendations`); returns its lines and {(problem, budget): {"ratio", "met"}}."""
+    cells = {}
+    best, dropdown = best_rows(results), best_rows(dropdown_rows(results))
+    lines = ["", "Dropdown only — what a KSampler user gets without any pilot: the best FlowScope sampler name with "
+             "its default options on any scheduler name, against the best built-in sampler × scheduler "
+             "(target: ≤ 0.80 in every cell, never above 1.00):", "",
+             "| problem | NFE | best built-in | error | best FlowScope name / scheduler | error | flips | ratio | "
+             "target met |", "|---|---|---|---|---|---|---|---|---|"]
+    for problem in problems:
+        for budget in budgets:
+            builtin, ours = best.get((problem, budget, "built-in")), dropdown.get((problem, budget, "FlowScope"))
+            if builtin and ours and builtin["rms_error"] > 0:
+                ratio = ours["rms_error"] / builtin["rms_error"]
+                cells[(problem, budget)] = {"ratio": ratio, "met": ratio <= 0.8}
+                lines.append(f"| {problem} | {budget} | {builtin['sampler']} / {builtin['scheduler']} | "
+                             f"{builtin['rms_error']:.2e} | {ours['sampler']} / {ours['scheduler']} | "
+                             f"{ours['rms_error']:.2e} | {ours['mode_flip']:.2f} | {ratio:.2f} | "
+                             f"{'yes' if ratio <= 0.8 else 'no (≤ 1.0)' if ratio <= 1.0 else 'no'} |")
+    chosen = recommendations(results)
+    if chosen:
+        lines += ["", "Recommended dropdown configuration per model family and budget: the one within 1.0× of the "
+                  "built-in best on every problem of the family with the lowest geometric-mean ratio (flow: "
+                  + ", ".join(p for p in problems if p in FLOW_PROBLEMS) + "; diffusion: "
+                  + ", ".join(p for p in problems if p not in FLOW_PROBLEMS) + "):", "",
+                  "| model family | NFE | sampler / scheduler | geometric-mean ratio |", "|---|---|---|---|"]
+        for (family, budget), (sampler, scheduler, mean, _) in sorted(chosen.items()):
+            lines.append(f"| {family} | {budget} | {sampler} / {scheduler} | {mean:.2f} |")
+    return lines, cells
 
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")

@@ -8,7 +8,8 @@ from __future__ import annotations
 BUDGETS = (4, 8, 16, 32)
 PROBLEMS = [("analytic", "analytic", 1.0), ("digits-flow", "digits-flow", 1.0),
             ("digits-flow cfg 3", "digits-flow", 3.0), ("digits-diffusion", "digits-diffusion", 1.0),
-            ("digits-diffusion cfg 3", "digits-diffusion", 3.0)]  # (name, demo model, CFG)
+            ("digits-diffusion cfg 3", "digits-diffusion", 3.0),
+            ("analytic-narrow", "analytic-narrow", 1.0)]  # (name, demo model, CFG)
 SKIPPED_BUILTINS = {"dpm_adaptive": "adaptive step count, its NFE cannot be set to a budget"}
 TRAJECTORY_ADAPTIVE = "fs_trajectory_adaptive"
 OPTIMIZED = "fs_optimized"
@@ -19,8 +20,8 @@ OPTIMIZER_EVALUATIONS = {"quick": 20, "standard": 120, "full": 200}
 PILOT_SEED = 1  # the pilot-based methods fit on this noise; the table measures seed 0
 # Samples measured per problem (seed 0) and samples of the pilots the pilot-based methods fit on (seed 1). 64 test
 # samples keep one borderline sample that ends in another mode from deciding a 4-NFE cell's flip rate.
-TEST_BATCH = {"quick": 16, "standard": 64, "full": 64}
-PILOT_BATCH = {"quick": 16, "standard": 16, "full": 64}
+TEST_BATCH = {"quick": 16, "standard": 64, "full": 64, "dropdown": 64}
+PILOT_BATCH = {"quick": 16, "standard": 16, "full": 64, "dropdown": 16}
 # FlowScope configurations beyond the dropdown defaults (options of the sampler nodes).
 FLOWSCOPE_VARIANTS = {
     "fs_ab2+lo": ("sample_adams_bashforth", {"order": 2, "warm_start": "lower_order"}),
@@ -51,6 +52,9 @@ REFINE_PILOT_BATCH = {"quick": {4: 16, 8: 16}, "standard": {4: 512, 8: 512, 16: 
                       "full": {4: 512, 8: 512, 16: 256, 32: 256}}
 ADAPTIVE_STEP_COST = {"fs_bosh3": 4, "fs_dopri5": 7}  # NFE of the first embedded step (FSAL afterwards)
 
+# Stochastic dropdown samplers: they do not converge to the probability-flow endpoint.
+STOCHASTIC_FLOWSCOPE = ("fs_langevin_pc", "fs_flow_sde")
+
 # The "standard" preset: ComfyUI's deterministic (ODE) samplers. Ancestral/SDE samplers inject fresh noise,
 # so they do not converge to the probability-flow endpoint the error is measured against.
 DETERMINISTIC_BUILTINS = ["euler", "heun", "heunpp2", "dpm_2", "lms", "dpm_fast", "dpmpp_2m", "ipndm", "ipndm_v",
@@ -66,9 +70,12 @@ def contenders(mode: str):
                         if not name.startswith("fs_") and name not in SKIPPED_BUILTINS]
     builtin_schedulers = [name for name in comfy.samplers.SCHEDULER_NAMES if not name.startswith("fs_")]
     fs_schedulers = [name for name in comfy.samplers.SCHEDULER_NAMES if name.startswith("fs_")]
-    if mode == "standard":
+    if mode in ("standard", "dropdown"):
         builtin_samplers = [name for name in DETERMINISTIC_BUILTINS if name in builtin_samplers]
-        fs_samplers = [name for name in fs_samplers if name not in ("fs_langevin_pc", "fs_flow_sde")]
+        fs_samplers = [name for name in fs_samplers if name not in STOCHASTIC_FLOWSCOPE]
+    if mode == "dropdown":  # what a user picks in KSampler: every sampler name × scheduler name, default options
+        return ([("built-in", s, sch) for s in builtin_samplers for sch in builtin_schedulers]
+                + [("FlowScope", s, sch) for s in fs_samplers for sch in fs_schedulers + builtin_schedulers])
     if quick:
         builtin_samplers = ["euler", "heun", "dpmpp_2m", "uni_pc"]
         builtin_schedulers = ["simple", "karras"]

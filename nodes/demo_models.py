@@ -26,6 +26,7 @@ DEMO_MODELS = {
     "digits-flow": "digits-flow.safetensors",
     "digits-diffusion": "digits-diffusion.safetensors",
     "analytic": "analytic.safetensors",
+    "analytic-narrow": "analytic-narrow.safetensors",
 }
 
 
