@@ -101,18 +101,28 @@ class PredictorCorrectorSampler(io.ComfyNode):
             "FlowScopeSamplerPredictorCorrector", "Predictor–Corrector Multistep Sampler",
             "Multistep predictor plus a one-point-higher corrector that reuses the next model call (PEC, "
             "UniPC-style): order + 1 at 1 NFE per step. velocity = Adams–Bashforth–Moulton in σ (flow models); "
-            "data = exponential integrator on the denoised prediction in log σ (EPS/VE models).",
-            [io.Combo.Input("prediction", options=["velocity", "data"], default="velocity",
-                            tooltip="velocity (fs_abm): flow models; data (fs_exp_abm): SD1.5/SDXL-type models."),
+            "data = exponential integrator on the denoised prediction in log σ (EPS/VE models); noise = "
+            "exponential integrator on the noise prediction (velocity) in log σ (EPS models, karras-type grids).",
+            [io.Combo.Input("prediction", options=list(core.MULTISTEP_PREDICTIONS), default="velocity",
+                            tooltip="velocity (fs_abm): flow models; data (fs_exp_abm) and noise (fs_noise_abm): "
+                                    "SD1.5/SDXL-type models."),
              io.Int.Input("order", default=2, min=1, max=4,
                           tooltip="Points of the predictor; the corrector adds one (order 2 → third order)."),
              io.Boolean.Input("corrector", default=True,
-                              tooltip="Off: the plain multistep predictor (Adams–Bashforth / DPM-Solver++-type).")])
+                              tooltip="Off: the plain multistep predictor (Adams–Bashforth / DPM-Solver-type)."),
+             io.Float.Input("max_amplification", default=0.0, min=0.0, max=100.0, step=0.1, optional=True,
+                            tooltip="Variable order: each step uses the most points whose extrapolation amplifies "
+                                    "the model outputs' deviations by at most this (≥ 1); 0: fixed order."),
+             io.Float.Input("corrector_max_log_step", default=0.0, min=0.0, max=10.0, step=0.05, optional=True,
+                            tooltip="The corrector acts only on steps with log(σ/σ_next) at most this; 0: on "
+                                    "every step (fs_noise_abm uses 0.5).")])
 
     @classmethod
-    def execute(cls, prediction, order, corrector) -> io.NodeOutput:
+    def execute(cls, prediction, order, corrector, max_amplification=0.0,
+                corrector_max_log_step=0.0) -> io.NodeOutput:
         return io.NodeOutput(make_sampler(core.sample_multistep_pc, prediction=prediction, order=order,
-                                          corrector=corrector))
+                                          corrector=corrector, max_amplification=max_amplification or None,
+                                          corrector_max_log_step=corrector_max_log_step or None))
 
 
 class OptimizerSampler(io.ComfyNode):

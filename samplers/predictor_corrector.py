@@ -1,6 +1,6 @@
 """Multistep predictor–corrector samplers at one model evaluation per step (PEC mode).
 
-Both integrate ComfyUI's probability-flow ODE ``dx/dσ = (x − D)/σ`` (the same form for EPS, V and CONST
+All integrate ComfyUI's probability-flow ODE ``dx/dσ = (x − D)/σ`` (the same form for EPS, V and CONST
 models) with a k-point interpolating polynomial of past model outputs:
 
 - ``prediction="velocity"`` (``fs_abm``): Adams–Bashforth–Moulton in σ on ``v = (x − D)/σ``
@@ -9,6 +9,21 @@ models) with a k-point interpolating polynomial of past model outputs:
   prediction D. ``d(x/σ) = D d(1/σ)`` is exact, so ``x_{n+1} = e^{−h} x_n + Σ_m w_m D_m`` with
   ``w_m = ∫_0^h e^{u−h} ℓ_m(u) du`` (``h = λ_{n+1} − λ_n``): DPM-Solver++'s multistep predictor
   (Lu et al. 2022, arXiv:2211.01095) with exact Lagrange weights (as DEIS, Zhang & Chen 2023).
+- ``prediction="noise"`` (``fs_noise_abm``): the exponential integrator in ``s = log(σ_n/σ)`` on the velocity
+  ``v = (x − D)/σ`` — the noise prediction ε̂ of EPS models. ``dx = v dσ = −σ_n e^{−s} v ds``, so
+  ``x_{n+1} = x_n − σ_n Σ_m w_m v_m`` with ``w_m = ∫_0^h e^{−s} ℓ_m(s) ds``: the noise-prediction multistep
+  DPM-Solver (Lu et al. 2022, arXiv:2206.00927) with exact Lagrange weights. ε̂ varies on the scale of log σ,
+  not σ: on karras-type grids, whose σ steps shrink geometrically, its extrapolation in log σ holds where the
+  σ-time polynomial of ``fs_abm`` does not.
+
+Two step-dependent rules, both decided from the σ grid alone (no extra model calls):
+
+- ``max_amplification`` (variable order): each predictor uses the most points whose update amplifies the
+  outputs' deviations from the polynomial by at most this factor (:func:`variable_order`); the long first steps of
+  a short schedule get a lower order, the later steps the full one.
+- ``corrector_max_log_step``: the corrector acts only on steps with ``log(σ_n/σ_{n+1})`` at most this — on longer
+  steps the corrected state moves far from the point the newest output was evaluated at, which the next
+  predictor uses (PEC), and the correction costs more than it gains.
 
 PEC: the predictor gives ``x^p_{n+1}``; the one model evaluation at ``(x^p_{n+1}, σ_{n+1})`` is used both to
 correct ``x_{n+1}`` with one more interpolation point (the Adams–Moulton / UniC idea, Zhao et al. 2023,
@@ -28,11 +43,12 @@ import math
 
 import torch
 
-from .common import (ModelDerivative, SigmaSteps, check_choice, half_combination, is_half, progress_range, report,
-                     validate_data_end_sigma, validate_latent)
+from .common import (ModelDerivative, SigmaSteps, check_choice, check_range, half_combination, is_half,
+                     progress_range, report, validate_data_end_sigma, validate_latent)
 from .multistep import interpolation_weights, polynomial_moments  # the Lagrange weights Adams–Bashforth uses
 
-PREDICTIONS = ("velocity", "data")
+PREDICTIONS = ("velocity", "data")  # the base updates the Fitted Solver builds on
+MULTISTEP_PREDICTIONS = PREDICTIONS + ("noise",)
 
 
 def exponential_moments(h: float, count: int) -> list[float]:
@@ -62,6 +78,32 @@ def exponential_moments(h: float, count: int) -> list[float]:
     return moments
 
 
+def decaying_moments(h: float, count: int) -> list[float]:
+    """``K_p = ∫_0^h e^{−s} s^p ds`` for p < count, h > 0, float64 (the lower incomplete gamma function).
+
+    Recurrence ``K_0 = 1 − e^{−h}``, ``K_p = p K_{p−1} − h^p e^{−h}`` for h ≥ 1/20 (relative rounding error
+    ≲ p!·ε/h); below, the alternating series ``K_p = Σ_m (−1)^m h^{p+m+1}/(m!(p+m+1))``.
+    """
+    if h >= 0.05:
+        decay = math.exp(-h)
+        moments = [-math.expm1(-h)]
+        for p in range(1, count):
+            moments.append(p * moments[-1] - h ** p * decay)
+        return moments
+    moments = []
+    for p in range(count):
+        total, term, m = 0.0, 1.0, 0  # term = (−h)^m / m!
+        while True:
+            contribution = term * h ** (p + 1) / (p + m + 1)
+            total += contribution
+            if abs(contribution) <= 1e-18 * abs(total):
+                break
+            m += 1
+            term *= -h / m
+        moments.append(total)
+    return moments
+
+
 def _apply(x, decay, weights, values):
     """``decay · x + Σ w_m q_m``: one fused multiply-add kernel per term (no multiply when decay = 1); on a
     half-precision latent accumulated in float32 and rounded once (:func:`~.common.half_combination`)."""
@@ -80,24 +122,57 @@ def multistep_weights(prediction: str, sigma: float, sigma_next: float, node_sig
     if prediction == "velocity" or sigma_next == 0:
         nodes = [s - sigma for s in node_sigmas]
         return 1.0, interpolation_weights(nodes, polynomial_moments(sigma_next - sigma, len(nodes)))
+    if prediction == "noise":  # x_{n+1} − x_n = ∫ v dσ = −σ_n ∫_0^h v(s) e^{−s} ds, s = log(σ_n/σ)
+        nodes = [math.log(sigma / s) for s in node_sigmas]
+        weights = interpolation_weights(nodes, decaying_moments(math.log(sigma / sigma_next), len(nodes)))
+        return 1.0, [-sigma * w for w in weights]
     nodes = [math.log(sigma / s) for s in node_sigmas]
     h = math.log(sigma / sigma_next)
     return sigma_next / sigma, interpolation_weights(nodes, exponential_moments(h, len(nodes)))
 
 
+def extrapolation_amplification(weights) -> float:
+    """``Σ|w_m| / |Σ w_m|`` of one multistep update: how much the interpolating polynomial amplifies the model
+    outputs' deviations from it over the step (1 for a one-point update; it grows with the order and with the step
+    against the spacing of the history — the long first steps of a short schedule)."""
+    total = abs(sum(weights))
+    return sum(abs(w) for w in weights) / total if total > 0 else math.inf
+
+
+def variable_order(prediction, sigma, sigma_next, node_sigmas, max_amplification) -> int:
+    """The largest number of points ``k ≤ len(node_sigmas)`` whose update has an
+    :func:`extrapolation_amplification` of at most ``max_amplification`` (at least 1 point) — the order-selection
+    idea of variable-order Adams codes (Shampine & Gordon 1975: lower the order where the higher one does not pay),
+    with the amplification of the extrapolation as the cheap, output-free criterion."""
+    points = len(node_sigmas)
+    while points > 1:
+        _, weights = multistep_weights(prediction, sigma, sigma_next, node_sigmas[:points])
+        if extrapolation_amplification(weights) <= max_amplification:
+            break
+        points -= 1
+    return points
+
+
 def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, order=2,
-                        prediction="velocity", corrector=True, data_end_sigma=None):
+                        prediction="velocity", corrector=True, data_end_sigma=None, max_amplification=None,
+                        corrector_max_log_step=None):
     """Multistep predictor (``order`` points, 1–4) plus a one-point-higher corrector, 1 NFE per step.
 
     See the module docstring. ``corrector=False`` gives the plain variable-step Adams–Bashforth
     (``prediction="velocity"``) or DPM-Solver++-type exponential multistep (``"data"``) predictor of order
     ``order``; with the corrector the order is ``order + 1`` on steps that have enough history.
     ``data_end_sigma`` only selects the σ = 0 end (see the module docstring): the model is never evaluated there.
+    ``max_amplification`` (≥ 1) and ``corrector_max_log_step`` (> 0): the step-dependent order and corrector rules
+    of the module docstring; None switches them off.
     """
-    who = "fs_exp_abm" if prediction == "data" else "fs_abm"
-    check_choice(prediction, PREDICTIONS, who, "prediction")
+    who = {"data": "fs_exp_abm", "noise": "fs_noise_abm"}.get(prediction, "fs_abm")
+    check_choice(prediction, MULTISTEP_PREDICTIONS, who, "prediction")
     if order not in (1, 2, 3, 4):
         raise ValueError(f"{who}: order = {order!r} must be 1, 2, 3 or 4")
+    if max_amplification is not None:
+        check_range(max_amplification, 1.0, math.inf, who, "max_amplification")
+    if corrector_max_log_step is not None:
+        check_range(corrector_max_log_step, 0.0, math.inf, who, "corrector_max_log_step", low_open=True)
     steps = SigmaSteps(sigmas, who, callback)
     validate_latent(x, who)
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
@@ -130,6 +205,8 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
         remember(i, sigma, evaluation)
         evaluation = None  # what the updates need is in the histories (peak memory: not held through the next call)
         points = min(order, len(history_sigmas))
+        if max_amplification is not None:
+            points = variable_order(prediction, sigma, sigma_next, history_sigmas[:points], max_amplification)
         outputs = history_velocities if sigma_next == 0 else history_outputs
         decay, weights = multistep_weights(prediction, sigma, sigma_next, history_sigmas[:points])
         predicted = _apply(x, decay, weights, outputs[:points])
@@ -137,13 +214,14 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
             x = predicted
             break
         evaluation = derivative(predicted, sigma_next)
-        if not corrector or (denoise_end and i + 2 == len(grid) - 1):
+        large_step = corrector_max_log_step is not None and math.log(sigma / sigma_next) > corrector_max_log_step
+        if not corrector or large_step or (denoise_end and i + 2 == len(grid) - 1):
             x = predicted
             continue
-        corrector_sigmas = [sigma_next] + history_sigmas[:order]
+        corrector_sigmas = [sigma_next] + history_sigmas[:points]
         newest = evaluation.denoised if prediction == "data" else evaluation.derivative
         decay, weights = multistep_weights(prediction, sigma, sigma_next, corrector_sigmas)
-        x = _apply(x, decay, weights, [newest] + history_outputs[:order])
+        x = _apply(x, decay, weights, [newest] + history_outputs[:points])
         # PEC: the history keeps the output at the predicted point; x moves to the corrected one
     return steps.finish(x)
 
@@ -160,3 +238,12 @@ def sample_fs_exp_abm(model, x, sigmas, extra_args=None, callback=None, disable=
     """Exponential (data-prediction, λ = −log σ) multistep PEC (1 NFE/step), see :func:`sample_multistep_pc`."""
     return sample_multistep_pc(model, x, sigmas, extra_args, callback, disable, order=order,
                                prediction="data", corrector=corrector, data_end_sigma=data_end_sigma)
+
+
+def sample_fs_noise_abm(model, x, sigmas, extra_args=None, callback=None, disable=None, order=3, corrector=True,
+                        data_end_sigma=None, max_amplification=None, corrector_max_log_step=0.5):
+    """Noise-prediction exponential multistep PEC in log σ (1 NFE/step), see :func:`sample_multistep_pc`: a
+    3-point predictor, the corrector on steps of at most 0.5 in log σ."""
+    return sample_multistep_pc(model, x, sigmas, extra_args, callback, disable, order=order,
+                               prediction="noise", corrector=corrector, data_end_sigma=data_end_sigma,
+                               max_amplification=max_amplification, corrector_max_log_step=corrector_max_log_step)

@@ -1,4 +1,4 @@
-"""Multistep predictor–corrector (fs_abm, fs_exp_abm): exact weights, measured orders, PEC cost, consistency
+"""Multistep predictor–corrector (fs_abm, fs_exp_abm, fs_noise_abm): exact weights, measured orders, PEC cost, consistency
 with the plain Adams–Bashforth and Euler samplers, bad input."""
 import math
 import random
@@ -8,7 +8,9 @@ import torch
 
 from tests.unit.analytic_problems import DATA_END_SIGMA, measured_order, uniform
 from samplers.multistep import interpolation_weights, polynomial_moments, sample_adams_bashforth
-from samplers.predictor_corrector import exponential_moments, sample_fs_abm, sample_fs_exp_abm, sample_multistep_pc
+from samplers.predictor_corrector import (decaying_moments, exponential_moments, extrapolation_amplification,
+                                         multistep_weights, sample_fs_abm, sample_fs_exp_abm, sample_fs_noise_abm,
+                                         sample_multistep_pc, variable_order)
 from samplers.runge_kutta import sample_fs_euler
 
 
@@ -24,6 +26,41 @@ def test_exponential_moments_match_quadrature(h):
     for p, moment in enumerate(exponential_moments(h, 5)):
         exact = quadrature(lambda u: math.exp(u - h) * u ** p, 0.0, h)
         assert moment == pytest.approx(exact, rel=1e-8, abs=1e-300), (h, p)
+
+
+@pytest.mark.parametrize("h", [1e-3, 0.049, 0.051, 0.1, 0.5, 2.0, 10.0])
+def test_decaying_moments_match_quadrature(h):
+    for p, moment in enumerate(decaying_moments(h, 5)):
+        exact = quadrature(lambda s: math.exp(-s) * s ** p, 0.0, h)
+        assert moment == pytest.approx(exact, rel=1e-8, abs=1e-300), (h, p)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_noise_weights_integrate_the_velocity_exactly_when_it_is_a_polynomial_in_log_sigma(k):
+    """x_{n+1} − x_n = ∫ v dσ: exact for v(σ) = q(log(σ_n/σ)) with deg q < k."""
+    rng = random.Random(10 + k)
+    sigma, sigma_next = 2.0, 1.1
+    node_sigmas = [sigma] + [sigma * math.exp(rng.uniform(0.1, 1.5)) for _ in range(k - 1)]
+    decay, weights = multistep_weights("noise", sigma, sigma_next, node_sigmas)
+    assert decay == 1.0
+    for degree in range(k):
+        values = [math.log(sigma / s) ** degree for s in node_sigmas]
+        exact = quadrature(lambda t: math.log(sigma / t) ** degree, sigma, sigma_next)
+        assert sum(w * v for w, v in zip(weights, values)) == pytest.approx(exact, rel=1e-9, abs=1e-12)
+
+
+def test_variable_order_lowers_the_order_on_long_steps_only():
+    """Uniform steps: AB2, AB3, AB4 amplify by 2, 44/12 and 160/24."""
+    history = [1.0, 1.1, 1.2, 1.3]
+    for points, amplification in ((2, 2.0), (3, 44 / 12), (4, 160 / 24)):
+        _, weights = multistep_weights("velocity", 1.0, 0.9, history[:points])
+        assert extrapolation_amplification(weights) == pytest.approx(amplification, rel=1e-12)
+    assert variable_order("velocity", 1.0, 0.9, history, 7.0) == 4  # a step like the history's spacing
+    long_step = variable_order("velocity", 1.0, 0.2, history, 7.0)
+    assert 1 <= long_step < 4
+    _, weights = multistep_weights("velocity", 1.0, 0.2, history[:long_step])
+    assert extrapolation_amplification(weights) <= 7.0
+    assert extrapolation_amplification([0.7]) == 1.0
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
@@ -57,6 +94,45 @@ def test_the_corrector_adds_one_order(problem, prediction, order, grid, expected
 
     measured, errors = measured_order(run, problem, [32, 64, 128, 256], grid)
     assert abs(measured - expected) < tolerance, (measured, errors)
+
+
+@pytest.mark.parametrize("order, corrector, expected, tolerance", [
+    (1, False, 1, 0.2), (2, False, 2, 0.2), (3, False, 2, 0.2), (4, False, 2, 0.2), (1, True, 2, 0.2),
+    (2, True, 3, 0.2), (3, True, 3, 0.5)])
+def test_noise_prediction_orders(problem, order, corrector, expected, tolerance):
+    """Global order min(points, 2) without the corrector and min(points + 1, 3) with it: the start from one point
+    costs no extra model call, and its first step's local error (O(h²), O(h³) corrected) bounds the order."""
+    def run(model, x, sigmas):
+        return sample_multistep_pc(model, x, sigmas, order=order, prediction="noise", corrector=corrector,
+                                   data_end_sigma=DATA_END_SIGMA, disable=True)
+
+    measured, errors = measured_order(run, problem, [32, 64, 128, 256], dense_near_zero)
+    assert abs(measured - expected) < tolerance, (measured, errors)
+
+
+@pytest.mark.parametrize("prediction", ["velocity", "noise"])
+def test_variable_order_and_corrector_rule_keep_the_order_asymptotically(problem, prediction):
+    """Once the steps are short the rules cost no order: with them the order-3 predictor + corrector converges as
+    fast as without (velocity: uniform grid; noise: (1 − t)² grid)."""
+    grid = uniform if prediction == "velocity" else dense_near_zero
+
+    def run_with(**rules):
+        def run(model, x, sigmas):
+            return sample_multistep_pc(model, x, sigmas, order=3, prediction=prediction,
+                                       data_end_sigma=DATA_END_SIGMA, disable=True, **rules)
+        return measured_order(run, problem, [64, 128, 256], grid)
+
+    fixed, _ = run_with()
+    measured, errors = run_with(max_amplification=5.0, corrector_max_log_step=0.5)
+    assert measured > 3.0 and abs(measured - fixed) < 0.1, (measured, fixed, errors)
+
+
+def test_fs_noise_abm_defaults(problem):
+    sigmas = dense_near_zero(12)
+    ours = sample_fs_noise_abm(problem.model, problem.noise, sigmas, data_end_sigma=DATA_END_SIGMA, disable=True)
+    explicit = sample_multistep_pc(problem.model, problem.noise, sigmas, order=3, prediction="noise",
+                                   corrector_max_log_step=0.5, data_end_sigma=DATA_END_SIGMA, disable=True)
+    assert torch.equal(ours, explicit)
 
 
 def test_without_corrector_velocity_is_adams_bashforth_with_lower_order_start(problem):
@@ -93,7 +169,7 @@ def test_first_order_data_prediction_without_corrector_is_euler(problem):
     assert torch.allclose(ours, euler, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("sampler", [sample_fs_abm, sample_fs_exp_abm])
+@pytest.mark.parametrize("sampler", [sample_fs_abm, sample_fs_exp_abm, sample_fs_noise_abm])
 def test_one_evaluation_per_step_never_at_zero(problem, sampler):
     calls = []
 
@@ -114,3 +190,7 @@ def test_bad_options_name_the_sampler(problem):
         sample_multistep_pc(problem.model, problem.noise, uniform(4), prediction="score")
     with pytest.raises(ValueError, match="fs_exp_abm"):
         sample_fs_exp_abm(problem.model, problem.noise, torch.tensor([0.5, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="fs_noise_abm: max_amplification = 0.5"):
+        sample_fs_noise_abm(problem.model, problem.noise, uniform(4), max_amplification=0.5)
+    with pytest.raises(ValueError, match="fs_abm: corrector_max_log_step = 0.0"):
+        sample_multistep_pc(problem.model, problem.noise, uniform(4), corrector_max_log_step=0.0)
