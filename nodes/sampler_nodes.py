@@ -102,10 +102,11 @@ class PredictorCorrectorSampler(io.ComfyNode):
             "Multistep predictor plus a one-point-higher corrector that reuses the next model call (PEC, "
             "UniPC-style): order + 1 at 1 NFE per step. velocity = Adams–Bashforth–Moulton in σ (flow models); "
             "data = exponential integrator on the denoised prediction in log σ (EPS/VE models); noise = "
-            "exponential integrator on the noise prediction (velocity) in log σ (EPS models, karras-type grids).",
+            "exponential integrator on the noise prediction (velocity) in log σ (EPS models, karras-type grids); vp = "
+            "velocity interpolated in the VP time of DEIS.",
             [io.Combo.Input("prediction", options=list(core.MULTISTEP_PREDICTIONS), default="velocity",
-                            tooltip="velocity (fs_abm): flow models; data (fs_exp_abm) and noise (fs_noise_abm): "
-                                    "SD1.5/SDXL-type models."),
+                            tooltip="velocity (fs_abm), vp (fs_vp_abm): flow models; data (fs_exp_abm) and noise "
+                                    "(fs_noise_abm): SD1.5/SDXL-type models."),
              io.Int.Input("order", default=2, min=1, max=4,
                           tooltip="Points of the predictor; the corrector adds one (order 2 → third order)."),
              io.Boolean.Input("corrector", default=True,

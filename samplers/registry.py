@@ -14,7 +14,7 @@ from typing import Callable
 from .adaptive import sample_fs_bosh3, sample_fs_dopri5
 from .multistep import sample_fs_ab2, sample_fs_ab3, sample_fs_ab4
 from .optimizers import sample_gradient_estimation, sample_heavy_ball, sample_nesterov, sample_secant
-from .predictor_corrector import sample_fs_abm, sample_fs_exp_abm, sample_fs_noise_abm
+from .predictor_corrector import sample_fs_abm, sample_fs_exp_abm, sample_fs_noise_abm, sample_fs_vp_abm
 from .runge_kutta import (sample_fs_euler, sample_fs_heun, sample_fs_midpoint, sample_fs_ralston, sample_fs_rk3,
                           sample_fs_rk4, sample_fs_rk38)
 from .stochastic import sample_ddim, sample_flow_sde, sample_langevin_pc
@@ -77,6 +77,8 @@ SAMPLER_SPECS = (
     SamplerSpec('fs_noise_abm', sample_fs_noise_abm, 3, '3.45 on a (1 − t)² grid', '1',
                 'Noise-prediction exponential multistep in log σ (DPM-Solver-type, 3 points) with the corrector on '
                 'short steps; for EPS/VE models (SD1.5/SDXL) on karras/exponential schedules.'),
+    SamplerSpec('fs_vp_abm', sample_fs_vp_abm, 3, 'pre-asymptotic 3.76', '1',
+                'Velocity multistep PEC in the VP time of DEIS (3-point predictor + corrector); smooth flow paths.'),
     SamplerSpec('fs_heavy_ball', sample_heavy_ball, 2, '1.80', '1',
                 'Heavy-ball momentum; β = ½ is exactly AB2 (other β, or `variant="polyak"`: order 1).'),
     SamplerSpec('fs_nesterov', sample_nesterov, 2, '1.80', '1 (2 on the first step)',

@@ -10,7 +10,7 @@ from tests.unit.analytic_problems import DATA_END_SIGMA, measured_order, uniform
 from samplers.multistep import interpolation_weights, polynomial_moments, sample_adams_bashforth
 from samplers.predictor_corrector import (decaying_moments, exponential_moments, extrapolation_amplification,
                                          multistep_weights, sample_fs_abm, sample_fs_exp_abm, sample_fs_noise_abm,
-                                         sample_multistep_pc, variable_order)
+                                         sample_fs_vp_abm, sample_multistep_pc, variable_order, vp_time)
 from samplers.runge_kutta import sample_fs_euler
 
 
@@ -47,6 +47,25 @@ def test_noise_weights_integrate_the_velocity_exactly_when_it_is_a_polynomial_in
         values = [math.log(sigma / s) ** degree for s in node_sigmas]
         exact = quadrature(lambda t: math.log(sigma / t) ** degree, sigma, sigma_next)
         assert sum(w * v for w, v in zip(weights, values)) == pytest.approx(exact, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize("sigma, sigma_next", [(1.0, 0.8), (0.3, 0.01), (14.6, 3.1)])
+def test_vp_weights_integrate_the_velocity_exactly_when_it_is_a_polynomial_in_vp_time(k, sigma, sigma_next):
+    rng = random.Random(20 + k)
+    node_sigmas = [sigma] + [sigma * (1 + rng.uniform(0.05, 0.6)) for _ in range(k - 1)]
+    decay, weights = multistep_weights("vp", sigma, sigma_next, node_sigmas)
+    assert decay == 1.0
+    for degree in range(k):
+        values = [vp_time(s) ** degree for s in node_sigmas]
+        exact = quadrature(lambda t: vp_time(t) ** degree, sigma, sigma_next)
+        assert sum(w * v for w, v in zip(weights, values)) == pytest.approx(exact, rel=1e-9, abs=1e-12)
+
+
+def test_vp_time_matches_the_variance_preserving_marginals():
+    """σ² = exp(β_min t + β_d t²/2) − 1 at the EDM range ends: t(0.002) = ε_s = 1e-3 and t(80) = 1."""
+    assert vp_time(0.002) == pytest.approx(1e-3, rel=1e-9)
+    assert vp_time(80.0) == pytest.approx(1.0, rel=1e-9)
 
 
 def test_variable_order_lowers_the_order_on_long_steps_only():
@@ -110,6 +129,20 @@ def test_noise_prediction_orders(problem, order, corrector, expected, tolerance)
     assert abs(measured - expected) < tolerance, (measured, errors)
 
 
+@pytest.mark.parametrize("order, corrector, expected, tolerance", [
+    (1, False, 1, 0.2), (2, False, 2, 0.2), (3, False, 2, 0.3), (1, True, 2, 0.2), (2, True, 3, 0.3),
+    (3, True, 3.5, 0.5)])
+def test_vp_time_orders(problem, order, corrector, expected, tolerance):
+    """Uniform grid, 32–256 steps, velocity end to σ = 0. Order 3 + corrector measures 3.76: its bound of 3 (the
+    single O(h³) first step) only dominates at far more steps."""
+    def run(model, x, sigmas):
+        return sample_multistep_pc(model, x, sigmas, order=order, prediction="vp", corrector=corrector,
+                                   data_end_sigma=DATA_END_SIGMA, disable=True)
+
+    measured, errors = measured_order(run, problem, [32, 64, 128, 256], uniform)
+    assert abs(measured - expected) < tolerance, (measured, errors)
+
+
 @pytest.mark.parametrize("prediction", ["velocity", "noise"])
 def test_variable_order_and_corrector_rule_keep_the_order_asymptotically(problem, prediction):
     """Once the steps are short the rules cost no order: with them the order-3 predictor + corrector converges as
@@ -169,7 +202,7 @@ def test_first_order_data_prediction_without_corrector_is_euler(problem):
     assert torch.allclose(ours, euler, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("sampler", [sample_fs_abm, sample_fs_exp_abm, sample_fs_noise_abm])
+@pytest.mark.parametrize("sampler", [sample_fs_abm, sample_fs_exp_abm, sample_fs_noise_abm, sample_fs_vp_abm])
 def test_one_evaluation_per_step_never_at_zero(problem, sampler):
     calls = []
 

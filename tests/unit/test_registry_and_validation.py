@@ -23,8 +23,8 @@ LAYERS = {"samplers": {"samplers"}, "diagnostics": {"diagnostics", "samplers"}, 
 
 
 NAMES = ["fs_euler", "fs_heun", "fs_midpoint", "fs_ralston", "fs_rk3", "fs_rk4", "fs_rk38", "fs_bosh3",
-         "fs_dopri5", "fs_ab2", "fs_ab3", "fs_ab4", "fs_abm", "fs_exp_abm", "fs_noise_abm", "fs_heavy_ball",
-         "fs_nesterov", "fs_grad_est", "fs_secant", "fs_langevin_pc", "fs_flow_sde", "fs_ddim"]
+         "fs_dopri5", "fs_ab2", "fs_ab3", "fs_ab4", "fs_abm", "fs_exp_abm", "fs_noise_abm", "fs_vp_abm",
+         "fs_heavy_ball", "fs_nesterov", "fs_grad_est", "fs_secant", "fs_langevin_pc", "fs_flow_sde", "fs_ddim"]
 
 
 def test_registry_names_and_info():
