@@ -58,59 +58,50 @@ def dropdown_rows(results):
 
 
 FLOW_PROBLEMS = ("analytic", "digits-flow", "digits-flow cfg 3", "analytic-narrow")
-RECOMMENDATION_CUTOFF = 1.0  # a configuration is recommendable for a model family only at ≤ 1.0× the built-in best
 
 
-def competitive_rows(results):
-    """FlowScope dropdown rows at most :data:`RECOMMENDATION_CUTOFF` × their cell's best built-in error: the
-    candidates of :func:`recommendations`."""
-    best = best_rows(results)
-    rows = []
-    for row in dropdown_rows(results):
-        builtin = best.get((row.get("problem"), row.get("budget"), "built-in"))
-        if (row.get("family") == "FlowScope" and builtin and math.isfinite(row["rms_error"])
-                and row["rms_error"] <= RECOMMENDATION_CUTOFF * builtin["rms_error"]):
-            rows.append(row)
-    return rows
-
-
-def recommendations(results) -> dict:
-    """{(model family, budget): (sampler, scheduler, geometric-mean ratio, cells)}: per family (flow: the problems
-    in :data:`FLOW_PROBLEMS`, diffusion: the others) and budget, the dropdown configuration that is within the
-    cutoff on every problem of the family with the lowest geometric mean of its ratios to the built-in best."""
+def recommendations(results) -> list:
+    """Per model family (flow: the problems in :data:`FLOW_PROBLEMS`, diffusion: the others) and budget, the
+    FlowScope dropdown configuration (sampler name / scheduler name) with the lowest geometric mean of its error
+    ratios to each problem's best built-in, among those measured on every problem of the family: rows of
+    ``{"family", "budget", "sampler", "scheduler", "mean_ratio", "worst_ratio"}``."""
     best = best_rows(results)
     problems = problem_order(results)
-    chosen = {}
+    chosen = []
     for family, members in (("flow", [p for p in problems if p in FLOW_PROBLEMS]),
                             ("diffusion", [p for p in problems if p not in FLOW_PROBLEMS])):
         budgets = sorted({row["budget"] for row in results if row.get("budget") and row["problem"] in members})
         for budget in budgets:
             ratios = {}
-            for row in competitive_rows(results):
-                if row["problem"] in members and row["budget"] == budget:
-                    builtin = best[(row["problem"], budget, "built-in")]
+            for row in dropdown_rows(results):
+                builtin = best.get((row["problem"], budget, "built-in"))
+                if (row.get("family") == "FlowScope" and row["problem"] in members and row["budget"] == budget
+                        and builtin and math.isfinite(row["rms_error"])):
                     ratios.setdefault((row["sampler"], row["scheduler"]), []).append(
                         row["rms_error"] / builtin["rms_error"])
             complete = {key: values for key, values in ratios.items() if len(values) == len(members)}
             if complete:
                 key = min(complete, key=lambda k: sum(math.log(r) for r in complete[k]))
-                mean = math.exp(sum(math.log(r) for r in complete[key]) / len(members))
-                chosen[(family, budget)] = (*key, mean, len(members))
+                chosen.append({"family": family, "budget": budget, "sampler": key[0], "scheduler": key[1],
+                               "mean_ratio": math.exp(sum(math.log(r) for r in complete[key]) / len(members)),
+                               "worst_ratio": max(complete[key])})
     return chosen
 
 
 def summarize(run: dict) -> dict:
     """The run with only the result rows its tables and plot read: each problem × budget × family's best row
-    (over all configurations, over :func:`plain_rows` and over :func:`dropdown_rows`), the candidates of the
-    recommendations, and the failed configurations; rows keep their order, so ties resolve as in the full
-    results."""
+    (over all configurations, over :func:`plain_rows` and over :func:`dropdown_rows`) and the failed
+    configurations (rows keep their order, so ties resolve as in the full results), plus the
+    :func:`recommendations` computed from all rows."""
     results = run["results"]
     keep = set()
     for rows in (results, plain_rows(results), dropdown_rows(results)):
         keep |= {id(row) for row in best_rows(rows).values()}
-    keep |= {id(row) for row in competitive_rows(results)}
     rows = [row for row in results if id(row) in keep or row.get("failed")]
-    return {**{key: run[key] for key in RUN_FIELDS if key in run}, "results": rows}
+    summary = {**{key: run[key] for key in RUN_FIELDS if key in run}, "results": rows}
+    if "dropdown" in run.get("sections", ()):
+        summary["recommendations"] = run.get("recommendations") or recommendations(results)
+    return summary
 
 
 def report(run: dict) -> tuple[str, dict]:
@@ -179,7 +170,7 @@ def report(run: dict) -> tuple[str, dict]:
                              f"{ours['rms_error']:.2e} | {ours['mode_flip']:.2f} | "
                              f"{ours['rms_error'] / builtin['rms_error']:.2f} |")
     if "dropdown" in run.get("sections", ()):
-        lines += dropdown_section(results, problems, budgets)[0]
+        lines += dropdown_section(run, problems, budgets)[0]
     failed = [row for row in results if row.get("failed")]
     if failed:
         lines += ["", "Configurations that could not run: " + "; ".join(
@@ -240,16 +231,18 @@ def dropdown_report(run: dict, problems, budgets) -> tuple[str, dict]:
              f"same noise ({TEST_BATCH[run['mode']]} samples of seed 0) at NFE budgets of 4–32 model calls (a "
              "method gets the largest step count whose NFE fits). This page is written by "
              "`benchmarks/quality_report.py` from the summary JSON beside it.", "", *run_header(run)]
-    section, cells = dropdown_section(run["results"], problems, budgets)
+    section, cells = dropdown_section(run, problems, budgets)
     return "\n".join(lines + section) + "\n", cells
 
 
-def dropdown_section(results, problems, budgets) -> tuple[list[str], dict]:
+def dropdown_section(run: dict, problems, budgets) -> tuple[list[str], dict]:
     """The "dropdown only" summary: the best FlowScope sampler name (default options) on any scheduler name against
     the best built-in, per cell (target ≤ 0.8×, never above 1.0×), and the recommended name per model family and
-    budget (:func:`recommendations`); returns its lines and {(problem, budget): {"ratio", "met"}}."""
-    cells = {}
+    budget (:func:`recommendations`, from the summary when the run is one); returns its lines and
+    {(problem, budget): {"ratio", "met"}}."""
+    results = run["results"]
     best, dropdown = best_rows(results), best_rows(dropdown_rows(results))
+    cells = {}
     lines = ["", "Dropdown only — what a KSampler user gets without any pilot: the best FlowScope sampler name with "
              "its default options on any scheduler name, against the best built-in sampler × scheduler "
              "(target: ≤ 0.80 in every cell, never above 1.00):", "",
@@ -265,15 +258,17 @@ def dropdown_section(results, problems, budgets) -> tuple[list[str], dict]:
                              f"{builtin['rms_error']:.2e} | {ours['sampler']} / {ours['scheduler']} | "
                              f"{ours['rms_error']:.2e} | {ours['mode_flip']:.2f} | {ratio:.2f} | "
                              f"{'yes' if ratio <= 0.8 else 'no (≤ 1.0)' if ratio <= 1.0 else 'no'} |")
-    chosen = recommendations(results)
+    chosen = run.get("recommendations") or recommendations(results)
     if chosen:
-        lines += ["", "Recommended dropdown configuration per model family and budget: the one within 1.0× of the "
-                  "built-in best on every problem of the family with the lowest geometric-mean ratio (flow: "
+        lines += ["", "One configuration per model family and budget: the dropdown sampler / scheduler with the lowest "
+                  "geometric mean of its error ratios to each problem's best built-in (flow: "
                   + ", ".join(p for p in problems if p in FLOW_PROBLEMS) + "; diffusion: "
-                  + ", ".join(p for p in problems if p not in FLOW_PROBLEMS) + "):", "",
-                  "| model family | NFE | sampler / scheduler | geometric-mean ratio |", "|---|---|---|---|"]
-        for (family, budget), (sampler, scheduler, mean, _) in sorted(chosen.items()):
-            lines.append(f"| {family} | {budget} | {sampler} / {scheduler} | {mean:.2f} |")
+                  + ", ".join(p for p in problems if p not in FLOW_PROBLEMS) + "), and its worst ratio:", "",
+                  "| model family | NFE | sampler / scheduler | geometric-mean ratio | worst ratio |",
+                  "|---|---|---|---|---|"]
+        for row in chosen:
+            lines.append(f"| {row['family']} | {row['budget']} | {row['sampler']} / {row['scheduler']} | "
+                         f"{row['mean_ratio']:.2f} | {row['worst_ratio']:.2f} |")
     return lines, cells
 
 

@@ -297,9 +297,10 @@ def sample_fs_noise_abm(model, x, sigmas, extra_args=None, callback=None, disabl
 
 
 def sample_fs_vp_abm(model, x, sigmas, extra_args=None, callback=None, disable=None, order=3, corrector=True,
-                     data_end_sigma=None, max_amplification=None, corrector_max_log_step=None):
-    """Velocity multistep PEC in DEIS's VP time (1 NFE/step), see :func:`sample_multistep_pc`: a 3-point
-    predictor and a 4-point corrector."""
+                     data_end_sigma=None, max_amplification=4.0, corrector_max_log_step=1.0):
+    """Velocity multistep PEC in DEIS's VP time (1 NFE/step), see :func:`sample_multistep_pc`: up to 3 predictor
+    points (fewer where the extrapolation would amplify the outputs' deviations more than 4×), the corrector on
+    steps of at most 1 in log σ."""
     return sample_multistep_pc(model, x, sigmas, extra_args, callback, disable, order=order,
                                prediction="vp", corrector=corrector, data_end_sigma=data_end_sigma,
                                max_amplification=max_amplification, corrector_max_log_step=corrector_max_log_step)

@@ -78,7 +78,8 @@ SAMPLER_SPECS = (
                 'Noise-prediction exponential multistep in log σ (DPM-Solver-type, 3 points) with the corrector on '
                 'short steps; for EPS/VE models (SD1.5/SDXL) on karras/exponential schedules.'),
     SamplerSpec('fs_vp_abm', sample_fs_vp_abm, 3, 'pre-asymptotic 3.76', '1',
-                'Velocity multistep PEC in the VP time of DEIS (3-point predictor + corrector); smooth flow paths.'),
+                'Velocity multistep PEC in the VP time of DEIS (up to 3 points + corrector, lower order on long '
+                'steps); flow models.'),
     SamplerSpec('fs_heavy_ball', sample_heavy_ball, 2, '1.80', '1',
                 'Heavy-ball momentum; β = ½ is exactly AB2 (other β, or `variant="polyak"`: order 1).'),
     SamplerSpec('fs_nesterov', sample_nesterov, 2, '1.80', '1 (2 on the first step)',

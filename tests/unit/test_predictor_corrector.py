@@ -160,6 +160,14 @@ def test_variable_order_and_corrector_rule_keep_the_order_asymptotically(problem
     assert measured > 3.0 and abs(measured - fixed) < 0.1, (measured, fixed, errors)
 
 
+def test_fs_vp_abm_defaults(problem):
+    ours = sample_fs_vp_abm(problem.model, problem.noise, uniform(12), data_end_sigma=DATA_END_SIGMA, disable=True)
+    explicit = sample_multistep_pc(problem.model, problem.noise, uniform(12), order=3, prediction="vp",
+                                   max_amplification=4.0, corrector_max_log_step=1.0, data_end_sigma=DATA_END_SIGMA,
+                                   disable=True)
+    assert torch.equal(ours, explicit)
+
+
 def test_fs_noise_abm_defaults(problem):
     sigmas = dense_near_zero(12)
     ours = sample_fs_noise_abm(problem.model, problem.noise, sigmas, data_end_sigma=DATA_END_SIGMA, disable=True)
