@@ -121,6 +121,9 @@ class PredictorCorrectorSampler(io.ComfyNode):
     @classmethod
     def execute(cls, prediction, order, corrector, max_amplification=0.0,
                 corrector_max_log_step=0.0) -> io.NodeOutput:
+        if 0 < max_amplification < 1:
+            raise ValueError("FlowScope · Predictor–Corrector Multistep Sampler, input 'max_amplification': "
+                             f"{max_amplification} is below 1 (no update amplifies less); use 0 for a fixed order")
         return io.NodeOutput(make_sampler(core.sample_multistep_pc, prediction=prediction, order=order,
                                           corrector=corrector, max_amplification=max_amplification or None,
                                           corrector_max_log_step=corrector_max_log_step or None))

@@ -66,8 +66,8 @@ def test_runs_of_disjoint_problems_merge_into_the_same_table(quick_run, tmp_path
     assert standard.returncode != 0 and "is a 'quick' run, not 'standard'" in standard.stderr
 
 
-def test_published_summary_regenerates_the_published_tables(tmp_path):
-    name = "benchmark_quality"
+@pytest.mark.parametrize("name", ["benchmark_quality", "benchmark_dropdown"])
+def test_published_summary_regenerates_the_published_tables(tmp_path, name):
     for suffix in (".json", ".md"):
         shutil.copy(ROOT / "docs" / f"{name}{suffix}", tmp_path)
     published = (ROOT / "docs" / f"{name}.md").read_text()

@@ -73,6 +73,11 @@ SAMPLER_NODES = {
         "prediction": "velocity", "order": 2, "corrector": True}},
     "exp_abm": {"class_type": "FlowScopeSamplerPredictorCorrector", "inputs": {
         "prediction": "data", "order": 3, "corrector": True}},
+    "noise_abm_rules": {"class_type": "FlowScopeSamplerPredictorCorrector", "inputs": {
+        "prediction": "noise", "order": 3, "corrector": True, "corrector_max_log_step": 0.5}},
+    "vp_abm_rules": {"class_type": "FlowScopeSamplerPredictorCorrector", "inputs": {
+        "prediction": "vp", "order": 4, "corrector": True, "max_amplification": 4.0,
+        "corrector_max_log_step": 1.0}},
     "langevin": {"class_type": "FlowScopeSamplerLangevinPC", "inputs": {
         "predictor": "heun", "corrector_steps": 1, "snr": 0.16}},
     "ddim": {"class_type": "FlowScopeSamplerStochastic", "inputs": {"eta": 0.0, "s_noise": 1.0}},
@@ -279,6 +284,16 @@ def test_increasing_sigmas_give_a_clear_error_and_the_server_stays_up(comfy):
     assert "decreasing" in message, message
     assert comfy.alive()
     comfy.run(ksampler_prompt("digits-flow", sampler="fs_rk4", prefix="after_flip"))
+
+
+def test_max_amplification_below_one_gives_a_clear_error_and_the_server_stays_up(comfy):
+    node = {"class_type": "FlowScopeSamplerPredictorCorrector", "inputs": {
+        "prediction": "vp", "order": 3, "corrector": True, "max_amplification": 0.5}}
+    with pytest.raises(PromptFailed) as failure:
+        comfy.run(custom_sampler_prompt("digits-flow", node, prefix="amplification"))
+    message = error_messages(failure.value.history)[0]["exception_message"]
+    assert "Predictor–Corrector Multistep Sampler" in message and "'max_amplification'" in message, message
+    assert comfy.alive()
 
 
 def test_zero_steps_is_rejected_by_validation(comfy):
