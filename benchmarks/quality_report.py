@@ -88,6 +88,18 @@ def recommendations(results) -> list:
     return chosen
 
 
+def readme_recommendations(run: dict) -> str:
+    """The README's "which sampler" table (markdown, no trailing newline) from a dropdown run or its summary: per
+    model family and NFE budget the recommended sampler / scheduler and its geometric-mean error ratio to the
+    best built-in."""
+    chosen = run.get("recommendations") or recommendations(run["results"])
+    lines = ["| model family | NFE | sampler / scheduler | error vs best built-in (geometric mean, worst) |",
+             "|---|---|---|---|"]
+    lines += [f"| {row['family']} | {row['budget']} | `{row['sampler']}` / `{row['scheduler']}` | "
+              f"{row['mean_ratio']:.2f}×, {row['worst_ratio']:.2f}× |" for row in chosen]
+    return "\n".join(lines)
+
+
 def summarize(run: dict) -> dict:
     """The run with only the result rows its tables and plot read: each problem × budget × family's best row
     (over all configurations, over :func:`plain_rows` and over :func:`dropdown_rows`) and the failed

@@ -17,7 +17,7 @@ models) with a k-point interpolating polynomial of past model outputs:
   σ-time polynomial of ``fs_abm`` does not.
 - ``prediction="vp"`` (``fs_vp_abm``): the velocity interpolated in the time ``t(σ)`` of the variance-preserving
   SDE with the same marginals (``σ² = exp(β_min t + β_d t²/2) − 1``, the EDM-matched constants ComfyUI's ``deis``
-  uses) and integrated exactly in σ, ``w_m = ∫_{σ_n}^{σ_{n+1}} ℓ_m(t(s)) ds`` (24-point Gauss–Legendre): the
+  uses) and integrated in σ, ``w_m = ∫_{σ_n}^{σ_{n+1}} ℓ_m(t(s)) ds`` by 24-point Gauss–Legendre: the
   time-quadratic Adams–Bashforth of DEIS (Zhang & Chen 2023, arXiv:2204.13902, "tAB"), here with the corrector and
   the order-keeping velocity end. ``t ≈ σ·√(2/β_d)`` for σ ≪ 1 and ``∝ √(log σ)`` for σ ≫ 1.
 
@@ -162,8 +162,9 @@ def warped_time_weights(time, sigma, sigma_next, node_sigmas) -> list[float]:
 
 def multistep_weights(prediction: str, sigma: float, sigma_next: float, node_sigmas) -> tuple[float, list[float]]:
     """One multistep update ``x_{n+1} = decay · x_n + Σ w_m q_m`` from σ to σ_next on outputs at ``node_sigmas``:
-    ``(decay, weights)`` in float64. ``q`` = velocities (``prediction="velocity"``, and every step to σ = 0) with
-    σ-time Lagrange weights, else denoised predictions with the exponential weights in λ = −log σ."""
+    ``(decay, weights)`` in float64. ``q`` = velocities with σ-time Lagrange weights (``prediction="velocity"``,
+    and every step to σ = 0), velocities with VP-time (``"vp"``) or log-σ exponential (``"noise"``) weights, or
+    denoised predictions with the exponential weights in λ = −log σ (``"data"``); see the module docstring."""
     if prediction == "velocity" or sigma_next == 0:
         nodes = [s - sigma for s in node_sigmas]
         return 1.0, interpolation_weights(nodes, polynomial_moments(sigma_next - sigma, len(nodes)))

@@ -59,3 +59,16 @@ def test_runs_saved_without_sections_keep_their_page():
     with_section, _ = quality_report.report(run)
     without, _ = quality_report.report({key: value for key, value in run.items() if key != "sections"})
     assert "Dropdown only" in with_section and "Dropdown only" not in without
+
+
+def test_readme_recommendations_come_from_the_published_dropdown_run():
+    import json
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    published = json.loads((root / "docs" / "benchmark_dropdown.json").read_text())
+    readme = (root / "README.md").read_text()
+    block = readme.split("<!-- recommendations:start -->\n")[1].split("\n<!-- recommendations:end -->")[0]
+    assert block == quality_report.readme_recommendations(published), (
+        "README.md's recommendation table differs from docs/benchmark_dropdown.json; paste the output of "
+        "benchmarks.quality_report.readme_recommendations between the markers")
