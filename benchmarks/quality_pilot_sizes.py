@@ -22,6 +22,8 @@ import json
 import math
 import pathlib
 
+from samplers.fitted.presets import SMALL_PILOT_LATENTS, SMALL_PILOT_RIDGE
+
 PILOT_SIZES = (1, 4, 8)
 TARGET_PILOT = 4
 TARGET_RATIO = 0.5
@@ -29,7 +31,7 @@ SCHEDULES = {"flow": "beta", "diffusion": "karras"}
 CONFIGURATION = "fs_fitted"
 RESULT_FIELDS = ("problem", "budget", "pilot", "scheduler", "nfe", "rms_error", "median_error", "mode_flip",
                  "fallback", "pilot_error", "pilot_base_error", "held_out_error", "held_out_base_error",
-                 "history", "order")
+                 "history", "order", "min_ridge", "rule_off_error", "rule_off_fallback")
 
 
 def builtin_best(summary: dict) -> dict:
@@ -65,6 +67,15 @@ def _ratio_text(ratio) -> str:
     return "—" if ratio is None else f"{ratio:.2f}"
 
 
+def _rule_off(row, best) -> str:
+    """The fit without the small-pilot rule: its error, its ratio to the best built-in, 'base kept'."""
+    error = row.get("rule_off_error")
+    if error is None:
+        return "—"
+    ratio = error / best["rms_error"] if best and best["rms_error"] > 0 and math.isfinite(error) else None
+    return f"{error:.2e} ({_ratio_text(ratio)})" + (", base kept" if row.get("rule_off_fallback") else "")
+
+
 def report(run: dict) -> tuple[str, dict]:
     """The page (markdown) of a pilot-size run and its per-cell summary {(problem, budget, pilot): {"ratio",
     "met"}} (``met`` is None without a built-in for the cell; the target applies to pilots of
@@ -76,9 +87,9 @@ def report(run: dict) -> tuple[str, dict]:
     pilots = sorted({row["pilot"] for row in run["results"]})
     source = run["builtin"]["source"]
     lines = ["# Fitted Solver from small pilots: 1, 4 and 8 latents", "",
-             "What is measured: the Fitted Solver node (data base of order 3, history 8 as given; the node's "
-             "small-pilot rule then sets history and ridge from the pilot's latent count, see "
-             "docs/fitted_solver.md) fitted on pilots of " + ", ".join(map(str, pilots)) + " latents (noise seed "
+             "What is measured: the Fitted Solver node (data base of order 3, history 8; below "
+             f"{SMALL_PILOT_LATENTS} latents the node's small-pilot rule keeps the ridge at {SMALL_PILOT_RIDGE:g} or "
+             "above, see docs/fitted_solver.md — the last column is the same fit without it) fitted on pilots of " + ", ".join(map(str, pilots)) + " latents (noise seed "
              f"{run.get('pilot_seed', 1)}) on each model family's default schedule (flow: "
              f"{SCHEDULES['flow']}, diffusion: {SCHEDULES['diffusion']}; steps = NFE), then run on the "
              f"{run.get('test_batch', 64)} test samples of seed 0; endpoint RMS error against a tight fs_dopri5 "
@@ -93,8 +104,8 @@ def report(run: dict) -> tuple[str, dict]:
              f"Target: a pilot of {TARGET_PILOT} latents at most {TARGET_RATIO:g}× the best built-in's error in "
              "every cell. 'base kept': the fit was not better than its base update on the pilot or on held-out "
              "pilot data, so the node samples with the base update (all coefficients 0).", "",
-             "| problem | NFE | best built-in | error | pilot | history | fitted error | ratio | base kept | "
-             "target met |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| problem | NFE | best built-in | error | pilot | fitted error | ratio | base kept | target met | "
+             "without the small-pilot rule (ratio) |", "|---|---|---|---|---|---|---|---|---|---|"]
     cells = {}
     for problem in problems:
         for budget in budgets:
@@ -112,8 +123,8 @@ def report(run: dict) -> tuple[str, dict]:
                 lines.append(f"| {problem} | {budget} | "
                              + (f"{best['sampler']} / {best['scheduler']} | {best['rms_error']:.2e}" if best
                                 else "— | —")
-                             + f" | {pilot} | {row['history']} | {row['rms_error']:.2e} | {_ratio_text(ratio)} | "
-                             f"{'yes' if row['fallback'] else 'no'} | {target} |")
+                             + f" | {pilot} | {row['rms_error']:.2e} | {_ratio_text(ratio)} | "
+                             f"{'yes' if row['fallback'] else 'no'} | {target} | {_rule_off(row, best)} |")
     target_cells = {key: cell for key, cell in cells.items() if key[2] == TARGET_PILOT and cell["met"] is not None}
     met = [key for key, cell in target_cells.items() if cell["met"]]
     missed = [key for key, cell in target_cells.items() if not cell["met"]]
@@ -151,13 +162,29 @@ def family_schedule(problem) -> str:
     return SCHEDULES["flow" if model_family(problem.model_sampling).flow else "diffusion"]
 
 
+def node_fit(pilot, grid, small_pilot: bool):
+    """``(FitResult, SAMPLER)`` of the Fitted Solver node (:data:`CONFIGURATION`, reference rtol 1e-6, as
+    :func:`benchmarks.harness.fit_solver`) on ``grid`` from ``pilot``, with or without the small-pilot rule."""
+    from ComfyUI_FlowScope.nodes.comfy_sampling import PlanningSampler
+    from ComfyUI_FlowScope.nodes.sampler_nodes import fitted_solver_sampler, solver_fit_plan
+    from ComfyUI_FlowScope.samplers.fitted import FitSettings
+
+    from benchmarks.quality_setup import FITTED_SOLVERS
+
+    prediction, order, history = FITTED_SOLVERS[CONFIGURATION]
+    planner = PlanningSampler(solver_fit_plan(FitSettings(prediction, order, history, 1e-6,
+                                                          small_pilot=small_pilot)))
+    pilot.problem.run(planner, grid.clone())
+    return planner.result, fitted_solver_sampler(planner.result.solver)
+
+
 def benchmark(problems=None, budgets=None, pilot_sizes=PILOT_SIZES, log=lambda *a: print(*a, flush=True)):
     """``(results, references)``: one row of :data:`RESULT_FIELDS` per problem × budget × pilot size."""
     from benchmarks.comfy_inprocess import boot
 
     boot()
-    from benchmarks.quality_problems import Labeler, Pilot, Problem, fitted_sampler, metrics, reference_solution
-    from benchmarks.quality_setup import BUDGETS, FITTED_SOLVERS, PILOT_SEED, PROBLEMS, TEST_BATCH
+    from benchmarks.quality_problems import Labeler, Pilot, Problem, metrics, reference_solution
+    from benchmarks.quality_setup import BUDGETS, PILOT_SEED, PROBLEMS, TEST_BATCH
 
     labeler = Labeler()
     results, references = [], {}
@@ -173,20 +200,29 @@ def benchmark(problems=None, budgets=None, pilot_sizes=PILOT_SIZES, log=lambda *
         for pilot_size in pilot_sizes:
             pilot = Pilot(problem_name, model_name, cfg, pilot_size, None)
             for budget in budgets or BUDGETS:
-                sampler, sigmas, fit = fitted_sampler(pilot, problem.sigmas(scheduler, budget),
-                                                      FITTED_SOLVERS[CONFIGURATION])
-                samples, nfe = problem.run(sampler, sigmas.clone())
+                grid = problem.sigmas(scheduler, budget)
+                fit, sampler = node_fit(pilot, grid, True)
+                samples, nfe = problem.run(sampler, fit.sigmas.float().clone())
                 held_out = fit.fit.held_out
+                rule_off = {"rule_off_error": None, "rule_off_fallback": None}
+                if fit.small_pilot_note:  # the same fit without the small-pilot rule, for comparison
+                    off, off_sampler = node_fit(pilot, grid, False)
+                    off_samples, _ = problem.run(off_sampler, off.sigmas.float().clone())
+                    rule_off = {"rule_off_error": metrics(problem, labeler, off_samples, reference,
+                                                          reference_modes)["rms_error"],
+                                "rule_off_fallback": off.fit.fallback}
                 row = {"problem": problem_name, "budget": budget, "pilot": pilot_size, "scheduler": scheduler,
                        "nfe": nfe, **metrics(problem, labeler, samples, reference, reference_modes),
                        "fallback": fit.fit.fallback, "pilot_error": fit.fit.error,
                        "pilot_base_error": fit.fit.base_error,
                        "held_out_error": None if held_out is None else held_out.error,
                        "held_out_base_error": None if held_out is None else held_out.base_error,
-                       "history": fit.settings.history, "order": fit.settings.order}
+                       "history": fit.settings.history, "order": fit.settings.order,
+                       "min_ridge": fit.settings.min_ridge, **rule_off}
                 results.append({key: row[key] for key in RESULT_FIELDS})
-                log(f"  pilot {pilot_size} @ {budget}: history {row['history']}, test error {row['rms_error']:.3e}"
-                    f"{' (base kept)' if row['fallback'] else ''}")
+                log(f"  pilot {pilot_size} @ {budget}: test error {row['rms_error']:.3e}"
+                    f"{' (base kept)' if row['fallback'] else ''}; without the small-pilot rule "
+                    f"{row['rule_off_error']}")
     return results, references, PILOT_SEED, TEST_BATCH["standard"]
 
 

@@ -19,11 +19,12 @@ def builtin_summary():
          "failed": "x"}]}
 
 
-def row(budget, pilot, error, fallback=False):
+def row(budget, pilot, error, fallback=False, rule_off=None):
     return {"problem": "analytic", "budget": budget, "pilot": pilot, "scheduler": "beta", "nfe": budget,
             "rms_error": error, "median_error": error, "mode_flip": 0.0, "fallback": fallback,
             "pilot_error": error / 2, "pilot_base_error": error, "held_out_error": None,
-            "held_out_base_error": None, "history": 2 if pilot == 1 else 8, "order": 3}
+            "held_out_base_error": None, "history": 8, "order": 3, "min_ridge": 1e-2 if pilot < 8 else 0.0,
+            "rule_off_error": rule_off, "rule_off_fallback": None if rule_off is None else False}
 
 
 def synthetic_run(tmp_path):
@@ -32,7 +33,7 @@ def synthetic_run(tmp_path):
     return {"command": "python benchmarks/quality.py --pilot-sizes", "mode": "pilot-sizes",
             "date": "2026-12-04 13:00 UTC", "commit": "def5678", "machine": "x86_64, 1 threads",
             "references": {"analytic": {"nfe": 300, "accuracy": 1e-8}}, "builtin": load_builtin_summary(path),
-            "results": [row(8, 1, 0.05), row(8, TARGET_PILOT, 0.008), row(16, 1, 0.004, fallback=True),
+            "results": [row(8, 1, 0.05, rule_off=0.5), row(8, TARGET_PILOT, 0.008), row(16, 1, 0.004, fallback=True),
                         row(16, TARGET_PILOT, 0.003)]}
 
 
@@ -49,8 +50,9 @@ def test_report_gives_ratios_fallbacks_and_names_the_missed_cells(tmp_path):
     assert cells[("analytic", 16, TARGET_PILOT)]["met"] is False
     assert abs(cells[("analytic", 16, TARGET_PILOT)]["ratio"] - 0.75) < 1e-12
     assert abs(cells[("analytic", 8, 1)]["ratio"] - 2.5) < 1e-12
-    assert "| analytic | 8 | lms / beta | 2.00e-02 | 4 | 8 | 8.00e-03 | 0.40 | no | yes |" in text
-    assert "| analytic | 16 | deis / beta | 4.00e-03 | 1 | 2 | 4.00e-03 | 1.00 | yes | — |" in text
+    assert "| analytic | 8 | lms / beta | 2.00e-02 | 4 | 8.00e-03 | 0.40 | no | yes | — |" in text
+    assert "| analytic | 8 | lms / beta | 2.00e-02 | 1 | 5.00e-02 | 2.50 | no | — | 5.00e-01 (25.00) |" in text
+    assert "| analytic | 16 | deis / beta | 4.00e-03 | 1 | 4.00e-03 | 1.00 | yes | — | — |" in text
     assert "target (ratio ≤ 0.5) met in 1 of 2 cells" in text
     assert "Not met: analytic @ 16 NFE (0.75)" in text
     assert "dropdown.json (dropdown run, 2026-12-04 12:00 UTC, commit abc1234)" in text
@@ -65,4 +67,4 @@ def test_report_without_built_in_summary_says_so(tmp_path):
     text, cells = report(run)
     assert "no built-in summary (ratios not available)" in text
     assert all(cell == {"ratio": None, "met": None} for cell in cells.values())
-    assert "| analytic | 8 | — | — | 4 | 8 | 8.00e-03 | — | no | n/a |" in text
+    assert "| analytic | 8 | — | — | 4 | 8.00e-03 | — | no | n/a | — |" in text
