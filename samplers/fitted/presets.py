@@ -51,13 +51,14 @@ def small_pilot_settings(settings, latents: int) -> tuple:
     latent gives many equations per coefficient — but they are strongly correlated: on a model whose
     trajectories span few directions (a mixture of narrow, well separated components) the fit reproduces the
     pilot's reference nearly exactly with coefficients that are far off on fresh seeds (docs/fitted_solver.md:
-    the analytic-narrow demo model, 1 latent, 8 steps, test endpoint error 1.01; 0.044 with this rule). The cross-validated ridge cannot see it: the
-    two halves it validates on come from the same few latents and agree too well, so it picks the smallest
-    ridge. With fewer than :data:`SMALL_PILOT_LATENTS` latents (and ``settings.small_pilot``) the ridge is
-    therefore kept at :data:`SMALL_PILOT_RIDGE` or above (shrinkage toward the base update, c = 0: the penalty
-    ``λ·(c_k ‖f_k‖)²`` of :func:`~.least_squares.least_squares_coefficients`). The history is left as it is: fewer coefficients cost 3–10×
-    in endpoint error on the other benchmark problems at the same pilot sizes. The base-update fallback on the
-    pilot and on the held-out halves stays as it is."""
+    the analytic-narrow demo model, 1 latent, 8 steps, test endpoint error 1.01; 0.044 with this rule). The
+    cross-validated ridge cannot see it: the two halves it validates on come from the same few latents and
+    agree too well, so it picks the smallest ridge. With fewer than :data:`SMALL_PILOT_LATENTS` latents (and
+    ``settings.small_pilot``) the ridge is therefore kept at :data:`SMALL_PILOT_RIDGE` or above (shrinkage
+    toward the base update, c = 0: the penalty ``λ·(c_k ‖f_k‖)²`` of
+    :func:`~.least_squares.least_squares_coefficients`). The history is left as it is: fewer coefficients cost
+    2–11× in endpoint error on other benchmark problems at 4–16 NFE with the same pilots. The base-update
+    fallback on the pilot and on the held-out halves stays as it is."""
     if not settings.small_pilot or latents >= SMALL_PILOT_LATENTS or settings.min_ridge >= SMALL_PILOT_RIDGE:
         return settings, ""
     return (replace(settings, min_ridge=SMALL_PILOT_RIDGE),
