@@ -142,6 +142,15 @@ def report(run: dict) -> tuple[str, dict]:
             lines.append(f"Pilot of {pilot}: geometric-mean ratio {mean:.2f} over {len(ratios)} cells, "
                          f"{sum(r <= 1.0 for r in ratios)} at or below the best built-in; base kept in {kept} of "
                          f"{total} fits.")
+    compared = [(row["rms_error"], row["rule_off_error"]) for row in run["results"]
+                if row.get("rule_off_error") is not None and row["rule_off_error"] > 0 and row["rms_error"] > 0
+                and math.isfinite(row["rms_error"]) and math.isfinite(row["rule_off_error"])]
+    if compared:
+        mean = math.exp(sum(math.log(new / old) for new, old in compared) / len(compared))
+        lines.append(f"Small-pilot rule: lower error than without it in {sum(new < old for new, old in compared)} "
+                     f"of {len(compared)} fits, higher in {sum(new > old for new, old in compared)}; "
+                     f"geometric-mean error ratio (with / without) {mean:.2f}; worst "
+                     f"{max(new / old for new, old in compared):.2f}, best {min(new / old for new, old in compared):.2f}.")
     return "\n".join(lines) + "\n", cells
 
 

@@ -57,6 +57,8 @@ def test_report_gives_ratios_fallbacks_and_names_the_missed_cells(tmp_path):
     assert "Not met: analytic @ 16 NFE (0.75)" in text
     assert "dropdown.json (dropdown run, 2026-12-04 12:00 UTC, commit abc1234)" in text
     assert "base kept in 1 of 2 fits" in text
+    assert ("Small-pilot rule: lower error than without it in 1 of 1 fits, higher in 0; geometric-mean error "
+            "ratio (with / without) 0.10; worst 0.10, best 0.10." in text)
     out = tmp_path / "page.md"
     written, _ = write(run, out)
     assert out.read_text() == written and json.loads(out.with_suffix(".json").read_text()) == run
