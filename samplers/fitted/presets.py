@@ -22,7 +22,7 @@ from dataclasses import replace
 PRESETS = ("custom", "fast", "balanced", "best")
 MIN_REFINE_LATENTS = 64
 SEARCH_EVALUATIONS = 60
-SMALL_PILOT_LATENTS = 8  # pilots of fewer latents get the small-pilot rule
+SMALL_PILOT_LATENTS = 16  # pilots of fewer latents get the small-pilot rule
 SMALL_PILOT_RIDGE = 1e-2  # the least ridge they are fitted with
 
 
