@@ -1,5 +1,5 @@
-"""The Fitted Solver's small-pilot rule (fewer than 8 pilot latents: the ridge kept at 1e-2 or above) through the
-node's pipeline, on the narrow mixture where history 8 from one latent overfits catastrophically: the rule's 1- and
+"""The Fitted Solver's small-pilot rule (fewer than 16 pilot latents: the ridge kept at 1e-2 or above) through
+the node's pipeline, on the narrow mixture where history 8 from one latent overfits catastrophically: the rule's 1- and
 4-latent fits come out no worse than the base update on fresh seeds where the old settings were far worse (1
 latent) or only fell back to the base (4 latents), and the report says what the rule changed."""
 from dataclasses import replace
