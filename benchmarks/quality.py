@@ -30,7 +30,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import quality_report  # noqa: E402
+from benchmarks import quality_pilot_sizes, quality_report  # noqa: E402
 from benchmarks.comfy_inprocess import boot, pack_module  # noqa: E402
 from benchmarks.harness import RESULTS_DIR, commit, first_call_starts, utc_now  # noqa: E402
 from benchmarks.quality_problems import (Labeler, Pilot, Problem, adaptive_sampler, best_optimized_grid,  # noqa: E402
@@ -192,7 +192,13 @@ def main(argv=None):
     parser.add_argument("--dropdown", action="store_true",
                         help="the standard preset's dropdown-only part: every deterministic sampler name × scheduler "
                              "name with default options, no pilot-based methods (its own page)")
-    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "benchmark_quality.md")
+    parser.add_argument("--pilot-sizes", action="store_true",
+                        help="the Fitted Solver node from pilots of 1, 4 and 8 latents against the best built-in "
+                             "(its own page, default docs/benchmark_pilot_sizes.md; benchmarks/quality_pilot_sizes.py)")
+    parser.add_argument("--builtin-summary", nargs="+", type=pathlib.Path,
+                        help="--pilot-sizes: the summary JSON(s) of dropdown or standard runs the best built-in per "
+                             "cell is read from (default docs/benchmark_dropdown.json, else benchmark_quality.json)")
+    parser.add_argument("--out", type=pathlib.Path)
     parser.add_argument("--problems", nargs="+", choices=[name for name, _, _ in PROBLEMS],
                         help="only these problems (one-off measurements; the published table has all)")
     parser.add_argument("--budgets", nargs="+", type=int, choices=BUDGETS, help="only these NFE budgets")
@@ -205,12 +211,16 @@ def main(argv=None):
                              "the standard run as two processes with --threads 1 and --problems) instead of running")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    mode = "quick" if args.quick else "standard" if args.standard else "dropdown" if args.dropdown else "full"
+    mode = ("quick" if args.quick else "standard" if args.standard else "dropdown" if args.dropdown
+            else "pilot-sizes" if args.pilot_sizes else "full")
     command = "python benchmarks/quality.py" + ("" if mode == "full" else f" --{mode}")
     if args.problems:
         command += " --problems " + " ".join(f"'{name}'" for name in args.problems)
     if args.budgets:
         command += " --budgets " + " ".join(map(str, args.budgets))
+    if mode == "pilot-sizes":
+        return quality_pilot_sizes.run_and_write(args, command, args.out or ROOT / "docs" / "benchmark_pilot_sizes.md")
+    args.out = args.out or ROOT / "docs" / "benchmark_quality.md"
     if args.merge:
         run = quality_report.merged_runs(args.merge, mode)
     else:

@@ -30,7 +30,7 @@ from typing import Optional
 from ..common import ModelDerivative, SigmaSteps, check_choice, progress_range, validate_data_end_sigma, \
     validate_latent
 from ..predictor_corrector import PREDICTIONS, _apply
-from .least_squares import fold_rows, least_squares_coefficients, two_folds
+from .least_squares import RIDGES, fold_rows, least_squares_coefficients, ridges_from, two_folds
 from .solver import FittedSolver, _evaluate, _History, _latest_guidance, run_solver
 
 
@@ -82,9 +82,11 @@ def _rms(a, b) -> float:
     return float((a - b).double().pow(2).mean().sqrt())
 
 
-def _fit_steps(model, x, grid, sigmas, extra_args, disable, solver: FittedSolver, targets, guidance, rows=None):
+def _fit_steps(model, x, grid, sigmas, extra_args, disable, solver: FittedSolver, targets, guidance, rows=None,
+               ridges=RIDGES):
     """Run ``solver``'s base update on ``grid`` and fit each step's coefficients to ``targets`` (see the module
-    docstring, steps 2 and 3) — on the pilot's ``rows`` only when given (the whole pilot follows the coefficients).
+    docstring, steps 2 and 3) — on the pilot's ``rows`` only when given (the whole pilot follows the coefficients),
+    with the ridge chosen from ``ridges``.
     Returns ``(solver with the coefficients, endpoint)``; the solver has no guidance history when ``guidance``
     gives no direction after the first model call (an unguided model)."""
     derivative = ModelDerivative(model, x, sigmas, extra_args, None)
@@ -102,7 +104,7 @@ def _fit_steps(model, x, grid, sigmas, extra_args, disable, solver: FittedSolver
         floors = history.penalty_floors(features)
         if rows is not None:
             features, residual = [fold_rows(f, rows) for f in features], fold_rows(residual, rows)
-        coefficients.append(least_squares_coefficients(features, residual, floors=floors))
+        coefficients.append(least_squares_coefficients(features, residual, ridges=ridges, floors=floors))
         x = history.step(x, grid[i + 1], coefficients[i])
     return replace(solver, coefficients=coefficients), x
 
@@ -112,14 +114,15 @@ def _rms_rows(a, b, rows) -> float:
 
 
 def held_out_estimate(model, x, grid, sigmas, targets, start: FittedSolver, base_end, extra_args=None,
-                      guidance=None) -> HeldOut:
+                      guidance=None, ridges=RIDGES) -> HeldOut:
     """:class:`HeldOut` by two cross-fitted runs (2N model calls): coefficients fitted on one half of the pilot
-    (:func:`~.least_squares.two_folds`), the endpoint error measured on the other; ``base_end`` is the base
-    update's endpoint on the whole pilot."""
+    (:func:`~.least_squares.two_folds`) with the ridge chosen from ``ridges``, the endpoint error measured on the
+    other; ``base_end`` is the base update's endpoint on the whole pilot."""
     folds = two_folds(x.shape[0], x[0].numel())
     errors, base_errors = [], []
     for fit_rows, check_rows in ((folds[0], folds[1]), (folds[1], folds[0])):
-        _, end = _fit_steps(model, x, grid, sigmas, extra_args, True, start, targets, guidance, rows=fit_rows)
+        _, end = _fit_steps(model, x, grid, sigmas, extra_args, True, start, targets, guidance, rows=fit_rows,
+                            ridges=ridges)
         errors.append(_rms_rows(end, targets[-1], check_rows))
         base_errors.append(_rms_rows(base_end, targets[-1], check_rows))
     latents = x.shape[0]
@@ -142,7 +145,7 @@ def held_out_estimate(model, x, grid, sigmas, targets, start: FittedSolver, base
 
 def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", order=2, history=3,
                data_end_sigma=None, disable=None, compare_base=True, guidance=None,
-               guidance_history=2, first_call=(1.0, 1.0), held_out=True) -> SolverFit:
+               guidance_history=2, first_call=(1.0, 1.0), held_out=True, min_ridge=0.0) -> SolverFit:
     """Fit a :class:`~.solver.FittedSolver` for ``sigmas`` (ending in 0) on the pilot latent ``x`` (already scaled
     to σ_0, as a sampler receives it) against ``targets`` = the reference states at ``sigmas[1:]``
     (:func:`~..reference.reference_trajectory`). ``prediction``/``order``: the base update; ``history``: model
@@ -154,7 +157,9 @@ def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", or
     fit then has the latest ``guidance_history`` G's (0–8) as features too — the conditional and unconditional
     predictions apart, so a step may extrapolate them differently — and the solver needs that source to sample
     (its ``guidance_history`` is 0 when the source gave none). ``first_call``: the (a, t) of the first model
-    call (:func:`~.solver._evaluate`)."""
+    call (:func:`~.solver._evaluate`). ``min_ridge``: the least ridge (shrinkage toward the base update, c = 0)
+    the cross-validated ridge of each step may take (:func:`~.least_squares.ridges_from`; 0: any of
+    :data:`~.least_squares.RIDGES`)."""
     who = "fit_solver"
     check_choice(prediction, PREDICTIONS, who, "prediction")
     if order not in (1, 2, 3, 4):
@@ -163,6 +168,9 @@ def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", or
         raise ValueError(f"{who}: history = {history!r} must be between 1 and 8")
     if guidance_history not in range(0, 9):
         raise ValueError(f"{who}: guidance_history = {guidance_history!r} must be between 0 and 8")
+    if not (isinstance(min_ridge, (int, float)) and min_ridge >= 0):
+        raise ValueError(f"{who}: min_ridge = {min_ridge!r} must be a number ≥ 0")
+    ridges = ridges_from(min_ridge)
     steps = SigmaSteps(sigmas, who)
     validate_latent(x, who)
     grid = steps.grid
@@ -177,14 +185,15 @@ def fit_solver(model, x, sigmas, targets, extra_args=None, prediction="data", or
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
     start = FittedSolver(tuple(grid), prediction, order, history, denoise_end=data_end_sigma is None,
                          guidance_history=guidance_history, first_call=tuple(first_call))
-    solver, fitted_end = _fit_steps(model, x, grid, sigmas, extra_args, disable, start, targets, guidance)
+    solver, fitted_end = _fit_steps(model, x, grid, sigmas, extra_args, disable, start, targets, guidance,
+                                    ridges=ridges)
     error = _rms(fitted_end, targets[-1])
     if not compare_base:
         return SolverFit(solver, error)
     base = replace(solver, coefficients=[[0.0] * len(c) for c in solver.coefficients])
     base_end = run_solver(model, x, grid, sigmas, extra_args, None, disable, base, guidance=guidance)
     base_error = _rms(base_end, targets[-1])
-    estimate = (held_out_estimate(model, x, grid, sigmas, targets, start, base_end, extra_args, guidance)
+    estimate = (held_out_estimate(model, x, grid, sigmas, targets, start, base_end, extra_args, guidance, ridges)
                 if held_out else None)
     fallback = not error < base_error or (estimate is not None and not estimate.error < estimate.base_error)
     return SolverFit(base if fallback else solver, base_error if fallback else error, base_error, fallback,

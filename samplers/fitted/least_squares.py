@@ -10,6 +10,14 @@ import torch
 RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
+def ridges_from(min_ridge: float) -> tuple:
+    """The candidate ridges of :func:`least_squares_coefficients` not below ``min_ridge`` (``min_ridge`` alone when
+    none is): a floor on the shrinkage toward 0 that the cross-validation may not go under."""
+    if not min_ridge >= 0:
+        raise ValueError(f"min_ridge = {min_ridge!r} must be 0 or more")
+    return tuple(r for r in RIDGES if r >= min_ridge) or (float(min_ridge),)
+
+
 def two_folds(batch: int, size: int) -> tuple:
     """Index tuples of the two validation halves of ``[B, M]`` pilot data: even/odd samples, or the two halves of
     the latent for a batch of one (the ridge's cross-validation and the end-to-end refinement's guard)."""

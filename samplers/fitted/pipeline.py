@@ -16,6 +16,7 @@ from ..schedule_optimization import ScheduleSearch
 from .cost import (MIN_REFERENCE_CALLS, SEARCH_KNOTS, ModelCallCounter, affordable_evaluations, fit_calls,
                    refinement_calls_per_iteration)
 from .fit import SolverFit, fit_solver
+from .presets import small_pilot_settings
 from .refine import Refinement, refine_end_to_end
 from .schedule_search import FIRST_CALL_STARTS, dense_reference, optimize_fitted
 from .solver import FittedSolver, describe_first_call
@@ -27,7 +28,10 @@ class FitSettings:
     reference tolerance, the schedule search's candidate grids (0: keep the grid; > 0: also warp it, and with
     refinement move each σ after the first and the first model call), the refinement's iterations (0: none),
     the guidance directions per step (CFG), the first calls ``(r·x, r·σ_0)`` the search tries, r in
-    ``first_call_starts``, and a budget of model calls (0: none; see :func:`fit_pipeline`)."""
+    ``first_call_starts``, a budget of model calls (0: none; see :func:`fit_pipeline`), the least ridge of the
+    per-step fits (``min_ridge``, :func:`~.fit.fit_solver`) and whether the small-pilot rule
+    (:func:`~.presets.small_pilot_settings`) may lower ``history`` and raise ``min_ridge`` for a pilot of few
+    latents (``small_pilot``)."""
     prediction: str = "data"
     order: int = 3
     history: int = 8
@@ -37,6 +41,8 @@ class FitSettings:
     guidance_history: int = 2
     first_call_starts: tuple = FIRST_CALL_STARTS
     max_model_calls: int = 0
+    min_ridge: float = 0.0
+    small_pilot: bool = True
 
 
 @dataclass(frozen=True)
@@ -53,17 +59,21 @@ class FitResult:
     schedule_search: Optional[ScheduleSearch] = None
     model_calls: dict = field(default_factory=dict)
     cut_by_budget: tuple = ()
+    small_pilot_note: str = ""
 
     def report(self, steps: int) -> str:
         """One line for the node's report and the log (``steps``: the input grid's step count)."""
         settings, solver, fit = self.settings, self.solver, self.fit
         guided = (f", guidance history {solver.guidance_history} (CFG split)" if solver.guidance_history else
                   ", no CFG split (unguided model)" if settings.guidance_history else "")
+        ridge = f", least ridge {settings.min_ridge:g}" if settings.min_ridge else ""
         line = (f"{steps} steps, {settings.prediction} base of order {settings.order}, history {settings.history}"
-                f"{guided}: pilot endpoint RMS error: base {fit.base_error:.3e} → fitted {fit.error:.3e}"
+                f"{ridge}{guided}: pilot endpoint RMS error: base {fit.base_error:.3e} → fitted {fit.error:.3e}"
                 f"{self._fallback_note()}; reference {self.reference_nfe} NFE")
         if fit.held_out is not None:
             line += f"; {fit.held_out.describe()}"
+        if self.small_pilot_note:
+            line += f"; {self.small_pilot_note}"
         if self.refinement is not None:
             refined = self.refinement
             moved = f", {refined.moved_nodes} sigmas moved" if self.schedule_search is not None else ""
@@ -90,7 +100,8 @@ class FitResult:
         the held-out estimate, the refinement and the schedule search (None when not run)."""
         fit, held_out, refined, search = self.fit, self.fit.held_out, self.refinement, self.schedule_search
         return {
-            "steps": len(self.solver.sigmas) - 1, "pilot_error": fit.error, "pilot_base_error": fit.base_error,
+            "steps": len(self.solver.sigmas) - 1, "history": self.settings.history,
+            "min_ridge": self.settings.min_ridge, "small_pilot_note": self.small_pilot_note, "pilot_error": fit.error, "pilot_base_error": fit.base_error,
             "fallback": fit.fallback, "reference_nfe": self.reference_nfe,
             "guidance_history": self.solver.guidance_history, "first_call": list(self.solver.first_call),
             "held_out": None if held_out is None else {
@@ -133,7 +144,13 @@ def fit_pipeline(model, x, sigmas, settings: FitSettings, extra_args=None, sigma
     of them, but the reference solve is never cut (its tolerance sets its cost) and the fit always runs: the
     schedule search and the refinement are cut to what remains after the stages before them (:mod:`.cost`;
     ``FitResult.cut_by_budget`` says what was cut, and by how much the reference and the fit alone went past the
-    budget), so the result is the best fit the budget allows."""
+    budget), so the result is the best fit the budget allows.
+
+    With ``settings.small_pilot`` (the default) a pilot of fewer than
+    :data:`~.presets.SMALL_PILOT_LATENTS` latents (``x.shape[0]``) is fitted with fewer coefficients and a
+    ridge floor (:func:`~.presets.small_pilot_settings`); ``FitResult.settings`` are the settings used and
+    ``FitResult.small_pilot_note`` says what changed."""
+    settings, small_pilot_note = small_pilot_settings(settings, x.shape[0])
     counter = ModelCallCounter(model)
     steps = len(sigmas) - 1
     budget = settings.max_model_calls
@@ -164,7 +181,7 @@ def fit_pipeline(model, x, sigmas, settings: FitSettings, extra_args=None, sigma
                                       settings.history, data_end_sigma, knots=SEARCH_KNOTS,
                                       max_evaluations=evaluations,
                                       guidance=guidance, guidance_history=settings.guidance_history,
-                                      first_calls=first_calls)
+                                      first_calls=first_calls, min_ridge=settings.min_ridge)
         grid, endpoint = search.sigmas, reference.states[-1]
         calls["schedule_search"] = counter.calls - calls["reference"]
     else:
@@ -172,7 +189,7 @@ def fit_pipeline(model, x, sigmas, settings: FitSettings, extra_args=None, sigma
             targets = reference.targets(sigmas.tolist())
         fit = fit_solver(counter, x, sigmas, targets, extra_args, settings.prediction, settings.order,
                          settings.history, data_end_sigma, disable=disable, guidance=guidance,
-                         guidance_history=settings.guidance_history)
+                         guidance_history=settings.guidance_history, min_ridge=settings.min_ridge)
         grid, endpoint = sigmas, targets[-1]
         calls["fit"] = counter.calls - calls["reference"]
     solver = fit.solver
@@ -197,4 +214,5 @@ def fit_pipeline(model, x, sigmas, settings: FitSettings, extra_args=None, sigma
         if refinement.stopped_by_budget:
             cuts.append(f"refinement stopped by max_model_calls after {refinement.accepted} accepted steps (the "
                         f"best iterate is kept)")
-    return FitResult(settings, solver, grid, stats.nfe, fit, refinement, search, calls, tuple(cuts))
+    return FitResult(settings, solver, grid, stats.nfe, fit, refinement, search, calls, tuple(cuts),
+                     small_pilot_note)

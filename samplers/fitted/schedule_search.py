@@ -73,18 +73,18 @@ FIRST_CALL_STARTS = (1.0, 0.95, 0.9, 0.8)  # r of the first calls (r·x_0, r·σ
 
 def optimize_fitted(model, x, base_sigmas, reference: DenseReference, extra_args=None, prediction="data", order=2,
                     history=3, data_end_sigma=None, knots=6, max_evaluations=60, guidance=None,
-                    guidance_history=2, first_calls=((1.0, 1.0),)) -> tuple[ScheduleSearch, SolverFit]:
+                    guidance_history=2, first_calls=((1.0, 1.0),), min_ridge=0.0) -> tuple[ScheduleSearch, SolverFit]:
     """Schedule and coefficients together: :func:`~..schedule_optimization.optimize_schedule` over monotone warps
     of ``base_sigmas`` whose objective is the pilot endpoint error of the solver *fitted on each candidate
     grid* (:func:`~.fit.fit_solver`, targets from ``reference``; N model calls per fit). ``first_calls``: the
     first-call ``(a, t)`` (:func:`~.solver._evaluate`) each candidate grid is fitted with, one fit each, scored by
     the best (those with ``t·σ_0`` not above σ_1 are left out; ``(1, 1)`` always counts). Returns ``(search,
     fit)``: the warp search (its ``sigmas`` the best grid) and the solver fitted on the best grid with its best
-    first call, compared to its base update."""
+    first call, compared to its base update. ``min_ridge``: the fits' least ridge (:func:`~.fit.fit_solver`)."""
     def fit(grid, first_call, compare_base=False):
         return fit_solver(model, x, grid, reference.targets(grid.tolist()), extra_args, prediction, order, history,
                           data_end_sigma, disable=True, compare_base=compare_base, guidance=guidance,
-                          guidance_history=guidance_history, first_call=first_call)
+                          guidance_history=guidance_history, first_call=first_call, min_ridge=min_ridge)
 
     def usable(grid):
         return [(1.0, 1.0)] + [tuple(call) for call in first_calls
