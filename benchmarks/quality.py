@@ -3,7 +3,7 @@ sampler × schedule, all through ComfyUI's real sampling path (CFGGuider.sample 
 
     .venv/bin/python benchmarks/quality.py            # full run (all samplers × schedulers, batch 64; hours on 2 cores)
     .venv/bin/python benchmarks/quality.py --standard # deterministic samplers, 64 test samples: the published table
-    .venv/bin/python benchmarks/quality.py --dropdown --out docs/benchmark_dropdown.md  # dropdown names only
+    .venv/bin/python benchmarks/quality.py --dropdown # dropdown names only: docs/benchmark_dropdown.md
     .venv/bin/python benchmarks/quality.py --quick --out /tmp/q.md   # CI smoke test (a few minutes)
 
 Problems: the analytic mixture (exact log-density), digits-flow and digits-diffusion with and without CFG.
@@ -220,7 +220,7 @@ def main(argv=None):
         command += " --budgets " + " ".join(map(str, args.budgets))
     if mode == "pilot-sizes":
         return quality_pilot_sizes.run_and_write(args, command, args.out or ROOT / "docs" / "benchmark_pilot_sizes.md")
-    args.out = args.out or ROOT / "docs" / "benchmark_quality.md"
+    args.out = args.out or ROOT / "docs" / ("benchmark_dropdown.md" if mode == "dropdown" else "benchmark_quality.md")
     if args.merge:
         run = quality_report.merged_runs(args.merge, mode)
     else:
