@@ -71,7 +71,7 @@ SAMPLER_SPECS = (
     SamplerSpec('fs_exp_abm', sample_fs_exp_abm, 3, '2.95 on a karras-like grid', '1',
                 'Data-prediction exponential multistep PEC in log σ (DPM-Solver++ + UniC-type corrector); EPS/VE '
                 'models.'),
-    SamplerSpec('fs_noise_abm', sample_fs_noise_abm, 3, '3.45 on a (1 − t)² grid', '1',
+    SamplerSpec('fs_noise_abm', sample_fs_noise_abm, 3, 'pre-asymptotic 3.45 on a (1 − t)² grid', '1',
                 'Noise-prediction exponential multistep PEC in log σ (DPM-Solver-type); EPS models on karras.'),
     SamplerSpec('fs_vp_abm', sample_fs_vp_abm, 3, 'pre-asymptotic 3.76', '1',
                 'Velocity multistep PEC in the VP time of DEIS (up to 3 points + corrector, lower order on long '
