@@ -30,8 +30,8 @@ class FitSettings:
     the guidance directions per step (CFG), the first calls ``(r·x, r·σ_0)`` the search tries, r in
     ``first_call_starts``, a budget of model calls (0: none; see :func:`fit_pipeline`), the least ridge of the
     per-step fits (``min_ridge``, :func:`~.fit.fit_solver`) and whether the small-pilot rule
-    (:func:`~.presets.small_pilot_settings`) may lower ``history`` and raise ``min_ridge`` for a pilot of few
-    latents (``small_pilot``)."""
+    (:func:`~.presets.small_pilot_settings`) may raise ``min_ridge`` for a pilot of few latents
+    (``small_pilot``)."""
     prediction: str = "data"
     order: int = 3
     history: int = 8
@@ -101,7 +101,8 @@ class FitResult:
         fit, held_out, refined, search = self.fit, self.fit.held_out, self.refinement, self.schedule_search
         return {
             "steps": len(self.solver.sigmas) - 1, "history": self.settings.history,
-            "min_ridge": self.settings.min_ridge, "small_pilot_note": self.small_pilot_note, "pilot_error": fit.error, "pilot_base_error": fit.base_error,
+            "min_ridge": self.settings.min_ridge, "small_pilot_note": self.small_pilot_note,
+            "pilot_error": fit.error, "pilot_base_error": fit.base_error,
             "fallback": fit.fallback, "reference_nfe": self.reference_nfe,
             "guidance_history": self.solver.guidance_history, "first_call": list(self.solver.first_call),
             "held_out": None if held_out is None else {
@@ -147,8 +148,8 @@ def fit_pipeline(model, x, sigmas, settings: FitSettings, extra_args=None, sigma
     budget), so the result is the best fit the budget allows.
 
     With ``settings.small_pilot`` (the default) a pilot of fewer than
-    :data:`~.presets.SMALL_PILOT_LATENTS` latents (``x.shape[0]``) is fitted with fewer coefficients and a
-    ridge floor (:func:`~.presets.small_pilot_settings`); ``FitResult.settings`` are the settings used and
+    :data:`~.presets.SMALL_PILOT_LATENTS` latents (``x.shape[0]``) is fitted with a ridge floor
+    (:func:`~.presets.small_pilot_settings`); ``FitResult.settings`` are the settings used and
     ``FitResult.small_pilot_note`` says what changed."""
     settings, small_pilot_note = small_pilot_settings(settings, x.shape[0])
     counter = ModelCallCounter(model)
