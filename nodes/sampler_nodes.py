@@ -115,8 +115,8 @@ class PredictorCorrectorSampler(io.ComfyNode):
                             tooltip="Variable order: each step uses the most points whose extrapolation amplifies "
                                     "the model outputs' deviations by at most this (≥ 1); 0: fixed order."),
              io.Float.Input("corrector_max_log_step", default=0.0, min=0.0, max=10.0, step=0.05, optional=True,
-                            tooltip="The corrector acts only on steps with log(σ/σ_next) at most this; 0: on "
-                                    "every step (fs_noise_abm uses 0.5).")])
+                            tooltip="The corrector acts only on steps with log(σ/σ_next) at most this (and on "
+                                    "the first step); 0: on every step (fs_noise_abm uses 0.5).")])
 
     @classmethod
     def execute(cls, prediction, order, corrector, max_amplification=0.0,

@@ -28,7 +28,9 @@ Two step-dependent rules, both decided from the σ grid alone (no extra model ca
   a short schedule get a lower order, the later steps the full one.
 - ``corrector_max_log_step``: the corrector acts only on steps with ``log(σ_n/σ_{n+1})`` at most this — on longer
   steps the corrected state moves far from the point the newest output was evaluated at, which the next
-  predictor uses (PEC), and the correction costs more than it gains.
+  predictor uses (PEC), and the correction costs more than it gains. The first step of a run is the exception: its
+  predictor has one point (first order), and its two-point corrector lifts it to second order at any step length,
+  which matters where a run starts mid-schedule (the second half of a split KSamplerAdvanced run).
 
 PEC: the predictor gives ``x^p_{n+1}``; the one model evaluation at ``(x^p_{n+1}, σ_{n+1})`` is used both to
 correct ``x_{n+1}`` with one more interpolation point (the Adams–Moulton / UniC idea, Zhao et al. 2023,
@@ -262,7 +264,8 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
             x = predicted
             break
         evaluation = derivative(predicted, sigma_next)
-        large_step = corrector_max_log_step is not None and math.log(sigma / sigma_next) > corrector_max_log_step
+        large_step = (corrector_max_log_step is not None and len(history_sigmas) > 1
+                      and math.log(sigma / sigma_next) > corrector_max_log_step)
         if not corrector or large_step or (denoise_end and i + 2 == len(grid) - 1):
             x = predicted
             continue

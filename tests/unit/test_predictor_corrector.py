@@ -11,7 +11,7 @@ from samplers.multistep import interpolation_weights, polynomial_moments, sample
 from samplers.predictor_corrector import (decaying_moments, exponential_moments, extrapolation_amplification,
                                          multistep_weights, sample_fs_abm, sample_fs_exp_abm, sample_fs_noise_abm,
                                          sample_fs_vp_abm, sample_multistep_pc, variable_order, vp_time)
-from samplers.runge_kutta import sample_fs_euler
+from samplers.runge_kutta import sample_fs_euler, sample_rk
 
 
 def quadrature(f, a, b, n=20000):
@@ -174,6 +174,37 @@ def test_fs_noise_abm_defaults(problem):
     explicit = sample_multistep_pc(problem.model, problem.noise, sigmas, order=3, prediction="noise",
                                    corrector_max_log_step=0.5, data_end_sigma=DATA_END_SIGMA, disable=True)
     assert torch.equal(ours, explicit)
+
+
+@pytest.mark.parametrize("prediction", ["noise", "vp"])
+def test_the_first_step_keeps_its_corrector_at_any_length(problem, prediction):
+    """A run that starts mid-schedule (the second half of a split run) on steps longer than
+    corrector_max_log_step: its first step is corrected (second order: local error O(h³), ratio ≈ 8 per halving)
+    as with the corrector on every step; the later long steps are not. corrector_max_log_step = 0.01: every step here
+    is long."""
+    start = 0.6
+    x = sample_rk(problem.model, problem.noise, torch.linspace(1.0, start, 65, dtype=torch.float64),
+                  method="dopri5", disable=True)
+
+    def first_step_error(log_step):
+        end = start * math.exp(-log_step)
+        exact = sample_rk(problem.model, x, torch.linspace(start, end, 257, dtype=torch.float64), method="dopri5",
+                          disable=True)
+        ours = sample_multistep_pc(problem.model, x, torch.tensor([start, end], dtype=torch.float64), order=3,
+                                   prediction=prediction, corrector_max_log_step=0.01, data_end_sigma=DATA_END_SIGMA,
+                                   disable=True)
+        return float((ours - exact).norm())
+
+    errors = [first_step_error(h) for h in (0.1, 0.05, 0.025)]
+    assert errors[0] / errors[1] > 5.5 and errors[1] / errors[2] > 6.5, errors  # first order: ≈ 4
+    grid = torch.tensor([start, start * 0.5, start * 0.25], dtype=torch.float64)
+
+    def run(sigmas, **rule):
+        return sample_multistep_pc(problem.model, x, sigmas, order=3, prediction=prediction,
+                                   data_end_sigma=DATA_END_SIGMA, disable=True, **rule)
+
+    assert torch.equal(run(grid[:2], corrector_max_log_step=0.01), run(grid[:2]))
+    assert not torch.allclose(run(grid, corrector_max_log_step=0.01), run(grid), rtol=0, atol=1e-9)
 
 
 def test_without_corrector_velocity_is_adams_bashforth_with_lower_order_start(problem):
