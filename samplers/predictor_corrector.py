@@ -71,18 +71,7 @@ def exponential_moments(h: float, count: int) -> list[float]:
             moments.append(h ** p - p * moments[-1])
         return moments
     decay = math.exp(-h)
-    moments = []
-    for p in range(count):
-        total, term, m = 0.0, 1.0, 0  # term = h^m / m!
-        while True:
-            contribution = term * h ** (p + 1) / (p + m + 1)
-            total += contribution
-            if abs(contribution) <= 1e-18 * abs(total):
-                break
-            m += 1
-            term *= h / m
-        moments.append(decay * total)
-    return moments
+    return [decay * _moment_series(h, p, h) for p in range(count)]
 
 
 def decaying_moments(h: float, count: int) -> list[float]:
@@ -97,18 +86,20 @@ def decaying_moments(h: float, count: int) -> list[float]:
         for p in range(1, count):
             moments.append(p * moments[-1] - h ** p * decay)
         return moments
-    moments = []
-    for p in range(count):
-        total, term, m = 0.0, 1.0, 0  # term = (−h)^m / m!
-        while True:
-            contribution = term * h ** (p + 1) / (p + m + 1)
-            total += contribution
-            if abs(contribution) <= 1e-18 * abs(total):
-                break
-            m += 1
-            term *= -h / m
-        moments.append(total)
-    return moments
+    return [_moment_series(h, p, -h) for p in range(count)]
+
+
+def _moment_series(h: float, p: int, rate: float) -> float:
+    """``Σ_m rate^m/m! · h^{p+1}/(p+m+1) = ∫_0^h e^{±u} u^p du`` for rate = ±h (the Taylor series of the
+    exponential, integrated term by term), summed until a term is below 1e-18 of the total."""
+    total, term, m = 0.0, 1.0, 0  # term = rate^m / m!
+    while True:
+        contribution = term * h ** (p + 1) / (p + m + 1)
+        total += contribution
+        if abs(contribution) <= 1e-18 * abs(total):
+            return total
+        m += 1
+        term *= rate / m
 
 
 def _apply(x, decay, weights, values):
