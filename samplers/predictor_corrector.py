@@ -163,12 +163,10 @@ def multistep_weights(prediction: str, sigma: float, sigma_next: float, node_sig
         return 1.0, interpolation_weights(nodes, polynomial_moments(sigma_next - sigma, len(nodes)))
     if prediction == "vp":
         return 1.0, warped_time_weights(vp_time, sigma, sigma_next, node_sigmas)
-    if prediction == "noise":  # x_{n+1} − x_n = ∫ v dσ = −σ_n ∫_0^h v(s) e^{−s} ds, s = log(σ_n/σ)
-        nodes = [math.log(sigma / s) for s in node_sigmas]
-        weights = interpolation_weights(nodes, decaying_moments(math.log(sigma / sigma_next), len(nodes)))
-        return 1.0, [-sigma * w for w in weights]
     nodes = [math.log(sigma / s) for s in node_sigmas]
     h = math.log(sigma / sigma_next)
+    if prediction == "noise":  # x_{n+1} − x_n = ∫ v dσ = −σ_n ∫_0^h v(s) e^{−s} ds, s = log(σ_n/σ)
+        return 1.0, [-sigma * w for w in interpolation_weights(nodes, decaying_moments(h, len(nodes)))]
     return sigma_next / sigma, interpolation_weights(nodes, exponential_moments(h, len(nodes)))
 
 
