@@ -164,7 +164,7 @@ def benchmark(mode: str, log=lambda *a: print(*a, flush=True), problems=None, bu
                             pilot(), name, lambda: factory(budget), steps, start_schedulers,
                             OPTIMIZER_EVALUATIONS[mode], optimized_grids)
                         log(f"  {name}/{OPTIMIZED}@{steps} steps: from {start}, pilot error "
-                            f"{result['base_error']:.2e} → {result['error']:.2e} ({result['evaluations']} runs)")
+                            f"{result.base_error:.2e} → {result.error:.2e} ({result.evaluations} runs)")
                         return sigmas.clone()
                 try:
                     outcome = run_in_budget(problem, lambda: factory(budget), probe_scheduler, budget,

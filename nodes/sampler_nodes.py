@@ -116,17 +116,22 @@ class PredictorCorrectorSampler(io.ComfyNode):
                                     "the model outputs' deviations by at most this (≥ 1); 0: fixed order."),
              io.Float.Input("corrector_max_log_step", default=0.0, min=0.0, max=10.0, step=0.05, optional=True,
                             tooltip="The corrector acts only on steps with log(σ/σ_next) at most this (and on "
-                                    "the first step); 0: on every step (fs_noise_abm uses 0.5).")])
+                                    "the first step); 0: on every step (fs_noise_abm uses 0.5)."),
+             io.Combo.Input("warm_start", options=list(core.WARM_STARTS), default="lower_order", optional=True,
+                            tooltip="lower_order: 1 model call per step from the start (order 3+ is reached a "
+                                    "few steps in). runge_kutta: the first order − 2 steps are RK steps (1–3 extra "
+                                    "calls each), full order from σ_max; pays only at many steps.")])
 
     @classmethod
     def execute(cls, prediction, order, corrector, max_amplification=0.0,
-                corrector_max_log_step=0.0) -> io.NodeOutput:
+                corrector_max_log_step=0.0, warm_start="lower_order") -> io.NodeOutput:
         if 0 < max_amplification < 1:
             raise ValueError("FlowScope · Predictor–Corrector Multistep Sampler, input 'max_amplification': "
                              f"{max_amplification} is below 1 (no update amplifies less); use 0 for a fixed order")
         return io.NodeOutput(make_sampler(core.sample_multistep_pc, prediction=prediction, order=order,
                                           corrector=corrector, max_amplification=max_amplification or None,
-                                          corrector_max_log_step=corrector_max_log_step or None))
+                                          corrector_max_log_step=corrector_max_log_step or None,
+                                          warm_start=warm_start))
 
 
 class OptimizerSampler(io.ComfyNode):

@@ -32,6 +32,13 @@ Two step-dependent rules, both decided from the σ grid alone (no extra model ca
   predictor has one point (first order), and its two-point corrector lifts it to second order at any step length,
   which matters where a run starts mid-schedule (the second half of a split KSamplerAdvanced run).
 
+``warm_start="runge_kutta"`` (not the default of any dropdown name): the first steps that the short history
+would otherwise bound — steps 0 … order − 3, the ones whose local error is above that of the full order — are
+explicit Runge–Kutta steps in σ of the order the full order needs (RK3 or RK4 with the corrector, Heun or RK3
+without, :func:`warm_start_tableau`), as the warm start of :func:`~.multistep.sample_adams_bashforth`: the
+method keeps its full order from σ_max on at 2–3 extra model calls per such step. The default
+``"lower_order"`` spends none, which at ≤ 32 model calls buys more than the order (docs/samplers.md).
+
 PEC: the predictor gives ``x^p_{n+1}``; the one model evaluation at ``(x^p_{n+1}, σ_{n+1})`` is used both to
 correct ``x_{n+1}`` with one more interpolation point (the Adams–Moulton / UniC idea, Zhao et al. 2023,
 "UniPC", arXiv:2302.04867: the order rises by one at no extra NFE) and as the newest history entry of the
@@ -53,9 +60,12 @@ import torch
 from .common import (ModelDerivative, SigmaSteps, check_choice, check_range, half_combination, is_half,
                      progress_range, report, validate_data_end_sigma, validate_latent)
 from .multistep import interpolation_weights, polynomial_moments  # the Lagrange weights Adams–Bashforth uses
+from .runge_kutta import rk_step
+from .tableaux import HEUN, RK3, RK4
 
 PREDICTIONS = ("velocity", "data")  # the base updates the Fitted Solver builds on
 MULTISTEP_PREDICTIONS = PREDICTIONS + ("noise", "vp")
+WARM_STARTS = ("lower_order", "runge_kutta")
 
 
 def exponential_moments(h: float, count: int) -> list[float]:
@@ -192,9 +202,22 @@ def variable_order(prediction, sigma, sigma_next, node_sigmas, max_amplification
     return points
 
 
+def warm_start_steps(order: int) -> int:
+    """How many first steps a ``warm_start="runge_kutta"`` run makes Runge–Kutta steps: step i has i + 1 points
+    (i + 2 with the corrector), local error O(h^(i+2)) (O(h^(i+3))), and one step of local error O(h^p) costs no
+    global order up to p (p + 1 with the corrector) — so steps 0 … order − 3."""
+    return max(order - 2, 0)
+
+
+def warm_start_tableau(order: int, corrector: bool):
+    """The Runge–Kutta method of those steps: of order ``order`` with the corrector (the run's full order is
+    order + 1), ``order − 1`` without (full order ``order``) — RK3, RK4 or Heun."""
+    return {2: HEUN, 3: RK3, 4: RK4}[order if corrector else order - 1]
+
+
 def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, order=2,
                         prediction="velocity", corrector=True, data_end_sigma=None, max_amplification=None,
-                        corrector_max_log_step=None):
+                        corrector_max_log_step=None, warm_start="lower_order"):
     """Multistep predictor (``order`` points, 1–4) plus a one-point-higher corrector, 1 NFE per step.
 
     See the module docstring. ``corrector=False`` gives the plain variable-step Adams–Bashforth
@@ -202,7 +225,8 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
     ``order``; with the corrector the order is ``order + 1`` on steps that have enough history.
     ``data_end_sigma`` only selects the σ = 0 end (see the module docstring): the model is never evaluated there.
     ``max_amplification`` (≥ 1) and ``corrector_max_log_step`` (> 0): the step-dependent order and corrector rules
-    of the module docstring; None switches them off.
+    of the module docstring; None switches them off. ``warm_start``: ``"lower_order"`` (1 NFE per step from the
+    start) or ``"runge_kutta"`` (full order from σ_max, see the module docstring).
     """
     who = {"data": "fs_exp_abm", "noise": "fs_noise_abm", "vp": "fs_vp_abm"}.get(prediction, "fs_abm")
     check_choice(prediction, MULTISTEP_PREDICTIONS, who, "prediction")
@@ -212,6 +236,7 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
         check_range(max_amplification, 1.0, math.inf, who, "max_amplification")
     if corrector_max_log_step is not None:
         check_range(corrector_max_log_step, 0.0, math.inf, who, "corrector_max_log_step", low_open=True)
+    check_choice(warm_start, WARM_STARTS, who, "warm_start")
     steps = SigmaSteps(sigmas, who, callback)
     validate_latent(x, who)
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
@@ -222,6 +247,7 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
     denoise_end = grid[-1] == 0 and data_end_sigma is None
     velocity_end = grid[-1] == 0 and not denoise_end  # the step to σ = 0 extrapolates the velocities
     last_step = len(grid) - 2
+    warm_steps = warm_start_steps(order) if warm_start == "runge_kutta" else 0
 
     def remember(i, sigma, evaluation):
         """Put step i's evaluation in the histories, which keep the ``order`` newest entries: the predictor uses
@@ -242,6 +268,11 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
             x = evaluation.denoised.to(x.dtype)  # a float32 D of a half-precision latent: its dtype
             break
         remember(i, sigma, evaluation)
+        if i < warm_steps and sigma_next != 0:  # the step to σ = 0 keeps its own end rule
+            x = rk_step(derivative, x, sigma, sigma_next, warm_start_tableau(order, corrector),
+                        first_derivative=evaluation).x
+            evaluation = derivative(x, sigma_next)
+            continue
         evaluation = None  # what the updates need is in the histories (peak memory: not held through the next call)
         points = min(order, len(history_sigmas))
         if max_amplification is not None:
@@ -267,33 +298,39 @@ def sample_multistep_pc(model, x, sigmas, extra_args=None, callback=None, disabl
 
 
 def sample_fs_abm(model, x, sigmas, extra_args=None, callback=None, disable=None, order=2, corrector=True,
-                  data_end_sigma=None):
+                  data_end_sigma=None, warm_start="lower_order"):
     """Adams–Bashforth–Moulton PEC in σ on the velocity (1 NFE/step), see :func:`sample_multistep_pc`."""
     return sample_multistep_pc(model, x, sigmas, extra_args, callback, disable, order=order,
-                               prediction="velocity", corrector=corrector, data_end_sigma=data_end_sigma)
+                               prediction="velocity", corrector=corrector, data_end_sigma=data_end_sigma,
+                               warm_start=warm_start)
 
 
 def sample_fs_exp_abm(model, x, sigmas, extra_args=None, callback=None, disable=None, order=2, corrector=True,
-                      data_end_sigma=None):
+                      data_end_sigma=None, warm_start="lower_order"):
     """Exponential (data-prediction, λ = −log σ) multistep PEC (1 NFE/step), see :func:`sample_multistep_pc`."""
     return sample_multistep_pc(model, x, sigmas, extra_args, callback, disable, order=order,
-                               prediction="data", corrector=corrector, data_end_sigma=data_end_sigma)
+                               prediction="data", corrector=corrector, data_end_sigma=data_end_sigma,
+                               warm_start=warm_start)
 
 
 def sample_fs_noise_abm(model, x, sigmas, extra_args=None, callback=None, disable=None, order=3, corrector=True,
-                        data_end_sigma=None, max_amplification=None, corrector_max_log_step=0.5):
+                        data_end_sigma=None, max_amplification=None, corrector_max_log_step=0.5,
+                        warm_start="lower_order"):
     """Noise-prediction exponential multistep PEC in log σ (1 NFE/step), see :func:`sample_multistep_pc`: a
     3-point predictor, the corrector on steps of at most 0.5 in log σ."""
     return sample_multistep_pc(model, x, sigmas, extra_args, callback, disable, order=order,
                                prediction="noise", corrector=corrector, data_end_sigma=data_end_sigma,
-                               max_amplification=max_amplification, corrector_max_log_step=corrector_max_log_step)
+                               max_amplification=max_amplification, corrector_max_log_step=corrector_max_log_step,
+                               warm_start=warm_start)
 
 
 def sample_fs_vp_abm(model, x, sigmas, extra_args=None, callback=None, disable=None, order=3, corrector=True,
-                     data_end_sigma=None, max_amplification=4.0, corrector_max_log_step=1.0):
+                     data_end_sigma=None, max_amplification=4.0, corrector_max_log_step=1.0,
+                     warm_start="lower_order"):
     """Velocity multistep PEC in DEIS's VP time (1 NFE/step), see :func:`sample_multistep_pc`: up to 3 predictor
     points (fewer where the extrapolation would amplify the outputs' deviations more than 4×), the corrector on
     steps of at most 1 in log σ."""
     return sample_multistep_pc(model, x, sigmas, extra_args, callback, disable, order=order,
                                prediction="vp", corrector=corrector, data_end_sigma=data_end_sigma,
-                               max_amplification=max_amplification, corrector_max_log_step=corrector_max_log_step)
+                               max_amplification=max_amplification, corrector_max_log_step=corrector_max_log_step,
+                               warm_start=warm_start)

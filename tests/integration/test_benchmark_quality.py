@@ -34,6 +34,10 @@ def test_quick_quality_benchmark_writes_its_results(quick_run):
     rows = [row for row in full["results"] if row.get("budget")]
     assert all(row["nfe"] <= row["budget"] for row in rows)
     assert {row["family"] for row in rows} == {"built-in", "FlowScope"}
+    # the pilot-based contenders run at every budget (a failure is logged, not tabled: it would go unseen)
+    for scheduler in ("fs_optimized", "fs_trajectory_adaptive", "fs_fitted_schedule", "fs_fitted_refined"):
+        assert {(row["problem"], row["budget"]) for row in rows if row["scheduler"] == scheduler} == {
+            (p, b) for p in ("analytic", "digits-flow", "digits-diffusion") for b in (4, 8)}, scheduler
     # every problem × budget × family cell has a best row, and the summary keeps exactly what the tables need
     problems = {"analytic", "digits-flow", "digits-diffusion"}
     assert set(cells(full)) == {(p, b, f) for p in problems for b in (4, 8) for f in ("built-in", "FlowScope")}

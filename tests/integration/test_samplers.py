@@ -78,6 +78,8 @@ SAMPLER_NODES = {
     "vp_abm_rules": {"class_type": "FlowScopeSamplerPredictorCorrector", "inputs": {
         "prediction": "vp", "order": 4, "corrector": True, "max_amplification": 4.0,
         "corrector_max_log_step": 1.0}},
+    "noise_abm_rk_start": {"class_type": "FlowScopeSamplerPredictorCorrector", "inputs": {
+        "prediction": "noise", "order": 3, "corrector": True, "warm_start": "runge_kutta"}},
     "langevin": {"class_type": "FlowScopeSamplerLangevinPC", "inputs": {
         "predictor": "heun", "corrector_steps": 1, "snr": 0.16}},
     "ddim": {"class_type": "FlowScopeSamplerStochastic", "inputs": {"eta": 0.0, "s_noise": 1.0}},
