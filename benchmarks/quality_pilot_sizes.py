@@ -5,16 +5,16 @@
 
 On every problem of :data:`~benchmarks.quality_setup.PROBLEMS` and NFE budget 4/8/16/32, the Fitted Solver node
 with its ``fast`` preset (the benchmark's ``fs_fitted`` configuration: data base of order 3, history 8, 1 model
-call per step, so steps = NFE) and with its ``balanced`` preset (the same plus the schedule search, which may move
-the σ of the grid; still steps = NFE) is fitted on the model family's default plain schedule (:data:`SCHEDULES`:
+call per step, so steps = NFE) — what every preset runs on a pilot this small — and the same plus the schedule
+search of the ``balanced`` preset (which moves the σ of the grid; still steps = NFE; the presets leave it out below
+16 pilot latents because of what this measures) is fitted on the model family's default plain schedule (:data:`SCHEDULES`:
 ``beta`` for flow models, ``karras`` for diffusion models — the schedules of most best built-in cells) from pilots of
 :data:`PILOT_SIZES` latents of noise seed :data:`~benchmarks.quality_setup.PILOT_SEED` (the node computes its own
 reference on the pilot and applies its small-pilot rule, :func:`~samplers.fitted.presets.small_pilot_settings`).
 The fitted SAMPLER then runs on the 64 test samples of seed 0, and its endpoint RMS error against the tight
 ``fs_dopri5`` reference of the same noise is reported next to the best built-in sampler × scheduler of the cell,
 read from a dropdown (or standard) run's summary JSON (``--builtin-summary``). Target: a pilot of 4 latents at
-most half the best built-in's error (ratio ≤ :data:`TARGET_RATIO`) in every cell, judged on the ``balanced`` fit
-(the preset the README recommends) where the run has it.
+most half the best built-in's error (ratio ≤ :data:`TARGET_RATIO`) in every cell.
 
 :func:`report` writes the page from the run dict alone (no ComfyUI), so it is unit-tested on a synthetic run.
 """
@@ -24,7 +24,7 @@ import json
 import math
 import pathlib
 
-from samplers.fitted.presets import SEARCH_EVALUATIONS, SMALL_PILOT_LATENTS, SMALL_PILOT_RIDGE
+from samplers.fitted.presets import MIN_SEARCH_LATENTS, SEARCH_EVALUATIONS, SMALL_PILOT_LATENTS, SMALL_PILOT_RIDGE
 
 PILOT_SIZES = (1, 4, 8)
 TARGET_PILOT = 4
@@ -33,8 +33,8 @@ SCHEDULES = {"flow": "beta", "diffusion": "karras"}
 CONFIGURATION = "fs_fitted"
 RESULT_FIELDS = ("problem", "budget", "pilot", "scheduler", "nfe", "rms_error", "median_error", "mode_flip",
                  "fallback", "pilot_error", "pilot_base_error", "held_out_error", "held_out_base_error",
-                 "history", "order", "min_ridge", "rule_off_error", "rule_off_fallback", "balanced_error",
-                 "balanced_fallback")
+                 "history", "order", "min_ridge", "rule_off_error", "rule_off_fallback", "search_error",
+                 "search_fallback")
 
 
 def builtin_best(summary: dict) -> dict:
@@ -90,11 +90,11 @@ def _geometric_mean(values) -> float:
 
 def report(run: dict) -> tuple[str, dict]:
     """The page (markdown) of a pilot-size run and its per-cell summary {(problem, budget, pilot): {"ratio",
-    "balanced_ratio", "met"}} (ratios of the fast and the balanced fit, None where not measured or without a
-    built-in for the cell; ``met`` — judged on the balanced fit where the run has it, else on the fast one — is
-    None without a built-in; the target applies to pilots of :data:`TARGET_PILOT`). ``run``: ``command``,
-    ``date``, ``commit``, ``machine``, ``references``, ``builtin`` (:func:`load_builtin_summary`) and ``results``
-    (rows of :data:`RESULT_FIELDS`; runs written before the balanced fit was measured lack its fields)."""
+    "search_ratio", "met"}} (ratios of the fast fit and of the fit with the schedule search, None where not
+    measured or without a built-in for the cell; ``met``, of the fast fit, is None without a built-in; the target
+    applies to pilots of :data:`TARGET_PILOT`). ``run``: ``command``, ``date``, ``commit``, ``machine``,
+    ``references``, ``builtin`` (:func:`load_builtin_summary`) and ``results`` (rows of :data:`RESULT_FIELDS`; runs
+    written before the schedule search was measured lack its fields)."""
     builtin = {(row["problem"], row["budget"]): row for row in run["builtin"]["rows"]}
     problems = list(dict.fromkeys(row["problem"] for row in run["results"]))
     budgets = sorted({row["budget"] for row in run["results"]})
@@ -102,8 +102,9 @@ def report(run: dict) -> tuple[str, dict]:
     source = run["builtin"]["source"]
     lines = ["# Fitted Solver from small pilots: 1, 4 and 8 latents", "",
              "What is measured: the Fitted Solver node with its `fast` preset (data base of order 3, history 8, on "
-             "the given grid) and its `balanced` preset (the same plus the schedule search over "
-             f"{SEARCH_EVALUATIONS} candidate grids and the first-call placements; 1 model call per step either "
+             "the given grid; every preset runs this on a pilot of fewer than "
+             f"{MIN_SEARCH_LATENTS} latents) and the same plus the `balanced` preset's schedule search over "
+             f"{SEARCH_EVALUATIONS} candidate grids and the first-call placements (1 model call per step either "
              f"way), fitted on pilots of {', '.join(map(str, pilots))} latents (noise seed "
              f"{run.get('pilot_seed', 1)}) from each model family's default schedule (flow: "
              f"{SCHEDULES['flow']}, diffusion: {SCHEDULES['diffusion']}; steps = NFE), then run on the "
@@ -119,11 +120,10 @@ def report(run: dict) -> tuple[str, dict]:
                  f"{name}: {ref['nfe']} NFE, own accuracy {ref['accuracy']:.1e}"
                  for name, ref in run["references"].items()), "",
              f"Target: a pilot of {TARGET_PILOT} latents at most {TARGET_RATIO:g}× the best built-in's error in "
-             "every cell, judged on the balanced fit (the preset the README recommends) where it was measured. "
-             "'base kept': the fit was not better than its base update on the pilot or on held-out pilot data, so "
+             "every cell (the fast fit). 'base kept': the fit was not better than its base update on the pilot or on held-out pilot data, so "
              "the node samples with the base update (all coefficients 0).", "",
              "| problem | NFE | best built-in | error | pilot | fast: error | ratio | base kept | "
-             "balanced: error (ratio) | target met | fast without the small-pilot rule (ratio) |",
+             "with the schedule search: error (ratio) | target met | fast without the small-pilot rule (ratio) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     cells = {}
     for problem in problems:
@@ -135,32 +135,30 @@ def report(run: dict) -> tuple[str, dict]:
                 if row is None:
                     continue
                 ratio = _ratio(row["rms_error"], best)
-                balanced_ratio = _ratio(row.get("balanced_error"), best)
-                judged = balanced_ratio if row.get("balanced_error") is not None else ratio
-                met = None if judged is None else judged <= TARGET_RATIO
-                cells[(problem, budget, pilot)] = {"ratio": ratio, "balanced_ratio": balanced_ratio, "met": met}
+                met = None if ratio is None else ratio <= TARGET_RATIO
+                cells[(problem, budget, pilot)] = {"ratio": ratio, "search_ratio": _ratio(row.get("search_error"),
+                                                                                          best), "met": met}
                 target = ("—" if pilot != TARGET_PILOT else "n/a" if met is None else "yes" if met else "**no**")
                 lines.append(f"| {problem} | {budget} | "
                              + (f"{best['sampler']} / {best['scheduler']} | {best['rms_error']:.2e}" if best
                                 else "— | —")
                              + f" | {pilot} | {row['rms_error']:.2e} | {_ratio_text(ratio)} | "
                              f"{'yes' if row['fallback'] else 'no'} | "
-                             f"{_error_and_ratio(row.get('balanced_error'), best, row.get('balanced_fallback'))} | "
+                             f"{_error_and_ratio(row.get('search_error'), best, row.get('search_fallback'))} | "
                              f"{target} | "
                              f"{_error_and_ratio(row.get('rule_off_error'), best, row.get('rule_off_fallback'))} |")
     target_cells = {key: cell for key, cell in cells.items() if key[2] == TARGET_PILOT and cell["met"] is not None}
     met = [key for key, cell in target_cells.items() if cell["met"]]
     missed = [key for key, cell in target_cells.items() if not cell["met"]]
-    judged_key = "balanced_ratio" if any(cell["balanced_ratio"] is not None for cell in cells.values()) else "ratio"
     lines += ["", f"Pilot of {TARGET_PILOT}: target (ratio ≤ {TARGET_RATIO:g}) met in {len(met)} of "
               f"{len(target_cells)} cells with a built-in."]
     if missed:
         lines.append("Not met: " + "; ".join(
-            f"{p} @ {b} NFE ({_ratio_text(cells[(p, b, s)][judged_key])})" for p, b, s in missed) + ".")
+            f"{p} @ {b} NFE ({_ratio_text(cells[(p, b, s)]['ratio'])})" for p, b, s in missed) + ".")
     for pilot in pilots:
         kept = sum(1 for row in run["results"] if row["pilot"] == pilot and row["fallback"])
         total = sum(1 for row in run["results"] if row["pilot"] == pilot)
-        for label, key in (("fast", "ratio"), ("balanced", "balanced_ratio")):
+        for label, key in (("fast", "ratio"), ("with the schedule search", "search_ratio")):
             ratios = [cell[key] for cell_key, cell in cells.items()
                       if cell_key[2] == pilot and cell[key] is not None]
             if ratios:
@@ -196,20 +194,21 @@ def family_schedule(problem) -> str:
     return SCHEDULES["flow" if model_family(problem.model_sampling).flow else "diffusion"]
 
 
-def node_fit(pilot, grid, small_pilot: bool, preset: str = "fast"):
-    """``(FitResult, SAMPLER)`` of the Fitted Solver node with ``preset`` (``fast``: :data:`CONFIGURATION`;
-    ``balanced``: with the schedule search), reference rtol 1e-6 as :func:`benchmarks.harness.fit_solver`, on
-    ``grid`` from ``pilot``, with or without the small-pilot rule — the settings the node makes of them."""
+def node_fit(pilot, grid, small_pilot: bool, schedule_search: bool = False):
+    """``(FitResult, SAMPLER)`` of the Fitted Solver node's ``fast`` preset (:data:`CONFIGURATION`), or with
+    ``schedule_search`` the same plus the schedule search of the ``balanced`` preset (which that preset leaves out
+    below :data:`~samplers.fitted.presets.MIN_SEARCH_LATENTS` pilot latents: this measures why), reference rtol
+    1e-6 as :func:`benchmarks.harness.fit_solver`, on ``grid`` from ``pilot``, with or without the small-pilot
+    rule."""
     from ComfyUI_FlowScope.nodes.comfy_sampling import PlanningSampler
     from ComfyUI_FlowScope.nodes.sampler_nodes import fitted_solver_sampler, solver_fit_plan
     from ComfyUI_FlowScope.samplers.fitted import FitSettings
-    from ComfyUI_FlowScope.samplers.fitted.presets import preset_settings
 
     from benchmarks.quality_setup import FITTED_SOLVERS
 
     prediction, order, history = FITTED_SOLVERS[CONFIGURATION]
-    settings = FitSettings(prediction, order, history, 1e-6, small_pilot=small_pilot)
-    settings, _ = preset_settings(preset, settings, len(grid) - 1, pilot.problem.latent.shape[0])
+    settings = FitSettings(prediction, order, history, 1e-6, SEARCH_EVALUATIONS if schedule_search else 0,
+                           small_pilot=small_pilot)
     planner = PlanningSampler(solver_fit_plan(settings))
     pilot.problem.run(planner, grid.clone())
     return planner.result, fitted_solver_sampler(planner.result.solver)
@@ -256,15 +255,15 @@ def benchmark(problems=None, budgets=None, pilot_sizes=PILOT_SIZES, log=lambda *
                        "held_out_base_error": None if held_out is None else held_out.base_error,
                        "history": fit.settings.history, "order": fit.settings.order,
                        "min_ridge": fit.settings.min_ridge, **rule_off}
-                balanced, balanced_sampler = node_fit(pilot, grid, True, "balanced")
-                balanced_samples, _ = problem.run(balanced_sampler, balanced.sigmas.float().clone())
-                row.update(balanced_error=metrics(problem, labeler, balanced_samples, reference,
-                                                  reference_modes)["rms_error"],
-                           balanced_fallback=balanced.fit.fallback)
+                searched, searched_sampler = node_fit(pilot, grid, True, schedule_search=True)
+                searched_samples, _ = problem.run(searched_sampler, searched.sigmas.float().clone())
+                row.update(search_error=metrics(problem, labeler, searched_samples, reference,
+                                                reference_modes)["rms_error"],
+                           search_fallback=searched.fit.fallback)
                 results.append({key: row[key] for key in RESULT_FIELDS})
                 log(f"  pilot {pilot_size} @ {budget}: test error {row['rms_error']:.3e}"
                     f"{' (base kept)' if row['fallback'] else ''}; without the small-pilot rule "
-                    f"{row['rule_off_error']}; balanced {row['balanced_error']:.3e}")
+                    f"{row['rule_off_error']}; with the schedule search {row['search_error']:.3e}")
     return results, references, PILOT_SEED, TEST_BATCH["standard"]
 
 

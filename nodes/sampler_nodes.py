@@ -257,9 +257,9 @@ class FittedSolverSampler(io.ComfyNode):
                                          "as features too, so a step can extrapolate the two predictions "
                                          "differently (0 = off; nothing changes at cfg 1)."),
                     io.Combo.Input("preset", options=list(PRESETS), default="custom", optional=True,
-                                   tooltip="fast: the plain fit; balanced: + schedule search (60 grids); best: + "
-                                           "end-to-end refinement (needs a pilot of 64+ latents); custom: the "
-                                           "inputs above. See docs/fitted_solver.md."),
+                                   tooltip="fast: the plain fit; balanced: + schedule search (60 grids; needs a "
+                                           "pilot of 16+ latents); best: + end-to-end refinement (needs 64+); "
+                                           "custom: the inputs above. See docs/fitted_solver.md."),
                     io.Int.Input("max_model_calls", default=0, min=0, max=10_000_000, optional=True,
                                  tooltip="0 = no limit. Otherwise the schedule search and the refinement are cut "
                                          "to what the reference solve and the fit leave (the report says what was "

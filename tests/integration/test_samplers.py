@@ -249,13 +249,19 @@ def test_fitted_solver_with_schedule_optimization_samples_its_own_sigmas(comfy, 
 
 
 def test_fitted_solver_preset_and_model_call_budget(comfy):
-    """preset balanced (schedule search over 60 grids) under max_model_calls 600: the node logs its plan, counts
-    each stage's model calls, cuts the search to what the reference and the fit leave, and says so."""
+    """preset balanced on a pilot of 8 latents: the schedule search is left out (it overfits such pilots) and the
+    report says so. The search over 60 grids asked for directly under max_model_calls 600: the node logs its plan,
+    counts each stage's model calls, cuts the search to what the reference and the fit leave, and says so."""
+    prompt = fitted_solver_prompt("digits-flow", "simple", "velocity", prefix="fitted_preset")
+    prompt["16"]["inputs"].update(preset="balanced")
+    fit = comfy.run(prompt)["outputs"]["16"]["flowscope_fit"][0]
+    assert fit["preset"] == "balanced" and fit["planned_model_calls"]["schedule_search"] == 0, fit
+    assert fit["preset_note"].startswith(f"preset balanced: schedule search left out ({BATCH} pilot latents"), fit
     prompt = fitted_solver_prompt("digits-flow", "simple", "velocity", prefix="fitted_budget")
-    prompt["16"]["inputs"].update(preset="balanced", max_model_calls=600)
+    prompt["16"]["inputs"].update(optimize_schedule=True, max_evaluations=60, max_model_calls=600)
     prompt["5"]["inputs"]["sigmas"] = ["16", 2]
     fit = comfy.run(prompt)["outputs"]["16"]["flowscope_fit"][0]
-    assert fit["preset"] == "balanced" and fit["max_model_calls"] == 600
+    assert fit["preset"] == "custom" and fit["max_model_calls"] == 600
     assert fit["planned_model_calls"]["fit"] == 4 * 6 and fit["planned_model_calls"]["schedule_search"] > 600
     spent = sum(fit["model_calls"].values())
     assert fit["model_calls"]["reference"] == fit["reference_nfe"]

@@ -1,5 +1,7 @@
 """What a fit costs: every stage's model calls counted, the plan before the fit, and max_model_calls cutting the
 schedule search and the refinement so that the whole fit stays within it."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -80,17 +82,25 @@ def test_a_budget_below_fit_and_reference_is_a_clear_error(pilot):
         run(pilot, max_model_calls=60)
 
 
-def test_presets_set_the_benchmark_configurations_and_leave_out_refinement_on_small_pilots():
-    from samplers.fitted.presets import MIN_REFINE_LATENTS, preset_settings
+def test_presets_set_the_benchmark_configurations_and_leave_out_search_and_refinement_on_small_pilots():
+    from samplers.fitted.presets import MIN_REFINE_LATENTS, MIN_SEARCH_LATENTS, preset_settings
 
     custom = FitSettings(prediction="velocity", order=2, history=3, max_model_calls=500)
     assert preset_settings("custom", custom, 8, 4) == (custom, "")
     fast, note = preset_settings("fast", custom, 8, 4)
     assert (fast.prediction, fast.order, fast.history, fast.schedule_evaluations, fast.refine_iterations) == \
         ("data", 3, 8, 0, 0) and note == "" and fast.max_model_calls == 500
-    assert preset_settings("balanced", custom, 8, 4)[0].schedule_evaluations == 60
+    assert preset_settings("balanced", custom, 8, MIN_SEARCH_LATENTS) == (replace(fast, schedule_evaluations=60), "")
+    small, note = preset_settings("balanced", custom, 8, MIN_SEARCH_LATENTS - 1)
+    assert small == fast and note == ("preset balanced: schedule search left out (15 pilot latents; the schedule "
+                                      "search needs 16 or more not to overfit)")
     small, note = preset_settings("best", custom, 8, MIN_REFINE_LATENTS - 1)
-    assert small.refine_iterations == 0 and note.startswith("preset best: refinement left out")
+    assert (small.schedule_evaluations, small.refine_iterations) == (60, 0)
+    assert note.startswith("preset best: refinement left out (63 pilot latents; the refinement needs 64")
+    small, note = preset_settings("best", custom, 8, 4)
+    assert small == fast and note == ("preset best: schedule search and refinement left out (4 pilot latents; the "
+                                      "schedule search needs 16 or more; the refinement needs 64 or more not to "
+                                      "overfit)")
     assert preset_settings("best", custom, 8, MIN_REFINE_LATENTS)[0].refine_iterations == 12
     assert preset_settings("best", custom, 16, MIN_REFINE_LATENTS)[0].refine_iterations == 6
     with pytest.raises(ValueError, match="preset 'fastest' is not one of custom, fast, balanced, best"):
