@@ -272,10 +272,12 @@ def dropdown_section(run: dict, problems, budgets) -> tuple[list[str], dict]:
                              f"{'yes' if ratio <= 0.8 else 'no (≤ 1.0)' if ratio <= 1.0 else 'no'} |")
     chosen = run.get("recommendations") or recommendations(results)
     if chosen:
+        families = [(name, ", ".join(p for p in problems if (p in FLOW_PROBLEMS) == (name == "flow")))
+                    for name in ("flow", "diffusion")]
         lines += ["", "One configuration per model family and budget: the dropdown sampler / scheduler with the lowest "
-                  "geometric mean of its error ratios to each problem's best built-in (flow: "
-                  + ", ".join(p for p in problems if p in FLOW_PROBLEMS) + "; diffusion: "
-                  + ", ".join(p for p in problems if p not in FLOW_PROBLEMS) + "), and its worst ratio:", "",
+                  "geometric mean of its error ratios to each problem's best built-in ("
+                  + "; ".join(f"{name}: {members}" for name, members in families if members)
+                  + "), and its worst ratio:", "",
                   "| model family | NFE | sampler / scheduler | geometric-mean ratio | worst ratio |",
                   "|---|---|---|---|---|"]
         for row in chosen:

@@ -46,6 +46,16 @@ def test_recommendations_pick_the_lowest_geometric_mean_per_family_and_budget():
     assert chosen[("diffusion", 8)]["sampler"] == "fs_noise_abm"
 
 
+def test_recommendations_name_the_problems_of_each_family_present():
+    text, _ = quality_report.report(synthetic_run())
+    assert ("best built-in (flow: digits-flow, analytic-narrow; diffusion: digits-diffusion), and its worst ratio"
+            in text)
+    run = synthetic_run()
+    run["results"] = [r for r in run["results"] if r["problem"] == "analytic-narrow"]  # a one-problem run
+    text, _ = quality_report.report(run)
+    assert "best built-in (flow: analytic-narrow), and its worst ratio" in text
+
+
 def test_the_summary_regenerates_the_same_page():
     run = synthetic_run()
     summary = quality_report.summarize(run)
