@@ -154,6 +154,8 @@ def sampler_node_variants(pack) -> dict:
         "AdamsBashforth 3 lower_order": (nodes.MultistepSampler, {"order": 3, "warm_start": "lower_order"}),
         "PC velocity": (nodes.PredictorCorrectorSampler, {"prediction": "velocity"}),
         "PC data 3": (nodes.PredictorCorrectorSampler, {"prediction": "data", "order": 3}),
+        "PC noise 3 runge_kutta": (nodes.PredictorCorrectorSampler, {"prediction": "noise", "order": 3,
+                                                                     "warm_start": "runge_kutta"}),
         "Langevin heun": (nodes.LangevinSampler, {"predictor": "heun"}),
         "DDIM eta 1": (nodes.StochasticSampler, {"eta": 1.0}),
         "DDIM eta 0": (nodes.StochasticSampler, {}),
