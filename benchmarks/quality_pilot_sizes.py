@@ -6,9 +6,10 @@
 On every problem of :data:`~benchmarks.quality_setup.PROBLEMS` and NFE budget 4/8/16/32, the Fitted Solver node
 with its ``fast`` preset (the benchmark's ``fs_fitted`` configuration: data base of order 3, history 8, 1 model
 call per step, so steps = NFE) — what every preset runs on a pilot this small — and the same plus the schedule
-search of the ``balanced`` preset (which moves the σ of the grid; still steps = NFE; the presets leave it out below
-16 pilot latents because of what this measures) is fitted on the model family's default plain schedule (:data:`SCHEDULES`:
-``beta`` for flow models, ``karras`` for diffusion models — the schedules of most best built-in cells) from pilots of
+search of the ``balanced`` preset (which moves the σ of the grid; still steps = NFE; the presets leave it out
+below 16 pilot latents because of what this measures) is fitted on the model family's default plain schedule
+(:data:`SCHEDULES`: ``beta`` for flow models, ``karras`` for diffusion models — the schedules of most best built-in
+cells) from pilots of
 :data:`PILOT_SIZES` latents of noise seed :data:`~benchmarks.quality_setup.PILOT_SEED` (the node computes its own
 reference on the pilot and applies its small-pilot rule, :func:`~samplers.fitted.presets.small_pilot_settings`).
 The fitted SAMPLER then runs on the 64 test samples of seed 0, and its endpoint RMS error against the tight
@@ -120,8 +121,8 @@ def report(run: dict) -> tuple[str, dict]:
                  f"{name}: {ref['nfe']} NFE, own accuracy {ref['accuracy']:.1e}"
                  for name, ref in run["references"].items()), "",
              f"Target: a pilot of {TARGET_PILOT} latents at most {TARGET_RATIO:g}× the best built-in's error in "
-             "every cell (the fast fit). 'base kept': the fit was not better than its base update on the pilot or on held-out pilot data, so "
-             "the node samples with the base update (all coefficients 0).", "",
+             "every cell (the fast fit). 'base kept': the fit was not better than its base update on the pilot or "
+             "on held-out pilot data, so the node samples with the base update (all coefficients 0).", "",
              "| problem | NFE | best built-in | error | pilot | fast: error | ratio | base kept | "
              "with the schedule search: error (ratio) | target met | fast without the small-pilot rule (ratio) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -17,8 +17,8 @@ from .common import SigmaSteps, validate_latent, validate_sigmas
 from .multistep import adams_bashforth_weights, sample_adams_bashforth, sample_fs_ab2, sample_fs_ab3, sample_fs_ab4
 from .fitted import (FitResult, FitSettings, FittedSolver, fit_pipeline, fit_solver, refine_end_to_end,
                      sample_fitted)
-from .predictor_corrector import (MULTISTEP_PREDICTIONS, PREDICTIONS, WARM_STARTS, sample_fs_abm, sample_fs_exp_abm,
-                                  sample_fs_noise_abm, sample_fs_vp_abm, sample_multistep_pc)
+from .predictor_corrector import (MULTISTEP_PREDICTIONS, PREDICTIONS, WARM_STARTS, sample_fs_abm,
+                                  sample_fs_exp_abm, sample_fs_noise_abm, sample_fs_vp_abm, sample_multistep_pc)
 from .optimizers import sample_gradient_estimation, sample_heavy_ball, sample_nesterov, sample_secant
 from .runge_kutta import (rk_step, sample_fs_euler, sample_fs_heun, sample_fs_midpoint, sample_fs_ralston,
                           sample_fs_rk3, sample_fs_rk4, sample_fs_rk38, sample_rk)

@@ -36,7 +36,7 @@ Two step-dependent rules, both decided from the σ grid alone (no extra model ca
 would otherwise bound — steps 0 … order − 3, the ones whose local error is above that of the full order — are
 explicit Runge–Kutta steps in σ of the order the full order needs (RK3 or RK4 with the corrector, Heun or RK3
 without, :func:`warm_start_tableau`), as the warm start of :func:`~.multistep.sample_adams_bashforth`: the
-method keeps its full order from σ_max on at 2–3 extra model calls per such step. The default
+method keeps its full order from σ_max on at 1–3 extra model calls per such step. The default
 ``"lower_order"`` spends none, which at ≤ 32 model calls buys more than the order (docs/samplers.md).
 
 PEC: the predictor gives ``x^p_{n+1}``; the one model evaluation at ``(x^p_{n+1}, σ_{n+1})`` is used both to
