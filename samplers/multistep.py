@@ -21,6 +21,8 @@ from .common import (Evaluation, ModelDerivative, SigmaSteps, half_combination, 
 from .runge_kutta import end_tableau, rk_step
 from .tableaux import EULER, HEUN, RK4
 
+WARM_STARTS = ("lower_order", "runge_kutta")  # the multistep samplers' starts (here and the PEC core)
+
 
 def _lagrange_basis(nodes):
     """Coefficient lists (ascending powers of u) of the Lagrange basis polynomials on ``nodes``."""
@@ -92,7 +94,7 @@ def sample_adams_bashforth(model, x, sigmas, extra_args=None, callback=None, dis
     steps = SigmaSteps(sigmas, who, callback)
     validate_latent(x, who)
     data_end_sigma = validate_data_end_sigma(data_end_sigma, who)
-    if warm_start not in ("runge_kutta", "lower_order"):
+    if warm_start not in WARM_STARTS:
         raise ValueError(f"{who}: warm_start = {warm_start!r} must be 'runge_kutta' or 'lower_order'")
     grid, sigmas, callback = steps.grid, steps.sigmas, steps.callback
     derivative = ModelDerivative(model, x, sigmas, extra_args, data_end_sigma)

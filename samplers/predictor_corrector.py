@@ -59,13 +59,13 @@ import torch
 
 from .common import (ModelDerivative, SigmaSteps, check_choice, check_range, half_combination, is_half,
                      progress_range, report, validate_data_end_sigma, validate_latent)
-from .multistep import interpolation_weights, polynomial_moments  # the Lagrange weights Adams–Bashforth uses
+# the Lagrange weights Adams–Bashforth uses, and the starts it offers
+from .multistep import WARM_STARTS, interpolation_weights, polynomial_moments
 from .runge_kutta import rk_step
 from .tableaux import HEUN, RK3, RK4
 
 PREDICTIONS = ("velocity", "data")  # the base updates the Fitted Solver builds on
 MULTISTEP_PREDICTIONS = PREDICTIONS + ("noise", "vp")
-WARM_STARTS = ("lower_order", "runge_kutta")
 
 
 def exponential_moments(h: float, count: int) -> list[float]:
